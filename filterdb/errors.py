@@ -1,0 +1,34 @@
+"""Expected failures. Each message names the problem and the fix, in one line.
+
+The CLI prints these without a traceback; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class FilterdbError(Exception):
+    """An expected failure whose message says what went wrong and how to fix it."""
+
+
+class DatabaseError(FilterdbError):
+    """The database cannot be reached, is locked, or is not at the expected revision."""
+
+
+class SourceError(FilterdbError):
+    """A model source (checkpoint, ONNX file, zoo entry, leaderboard file) cannot be used."""
+
+
+class CheckpointMissing(SourceError):
+    """A checkpoint is not where it should be; the message names the exact path."""
+
+
+class ModelConflict(FilterdbError):
+    """A model of that name exists with a different checkpoint."""
+
+
+class QueryRefused(FilterdbError):
+    """An ad-hoc statement was refused (writes without ``--write``, several statements)."""
+
+
+class QueryFailed(FilterdbError):
+    """The database rejected an ad-hoc statement; the message is the database's own."""

@@ -1,0 +1,115 @@
+"""Schema migrations through Alembic, on DuckDB and PostgreSQL alike.
+
+Alembic has no DuckDB implementation of its own; :class:`DuckDBImpl` registers one with
+transactional DDL, so a migration that fails midway leaves nothing behind (PLATFORM.md).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.ddl.impl import DefaultImpl
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy.engine import Engine
+
+import migrations
+from filterdb.database import engine_for
+from filterdb.errors import DatabaseError
+
+
+class DuckDBImpl(DefaultImpl):
+    """Alembic's operations for DuckDB: the default ones, inside one transaction."""
+
+    __dialect__ = "duckdb"
+    transactional_ddl = True
+
+
+MIGRATIONS_DIR = Path(migrations.__file__).parent
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One migration: its id, the one before it, and its message."""
+
+    revision: str
+    down_revision: str | None
+    message: str
+    is_head: bool
+
+
+def alembic_config() -> Config:
+    """An Alembic configuration pointing at filterdb's migrations (no URL: see env.py)."""
+    config = Config(stdout=io.StringIO())
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def head_revision() -> str:
+    """The newest revision the code knows."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def upgrade(url: str | None = None, revision: str = "head") -> str | None:
+    """Create the schema or bring it up to ``revision``; returns the revision reached."""
+    return _run(url, command.upgrade, revision)
+
+
+def downgrade(url: str | None = None, revision: str = "-1") -> str | None:
+    """Take the schema down to ``revision`` (``base`` removes everything filterdb made)."""
+    return _run(url, command.downgrade, revision)
+
+
+def current_revision(url: str | None = None) -> str | None:
+    """The database's revision, ``None`` when filterdb has never been initialised there."""
+    with engine_for(url) as engine:
+        return revision_of(engine)
+
+
+def revision_of(engine: Engine) -> str | None:
+    """The revision of the database behind ``engine``."""
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def history() -> list[Revision]:
+    """Every revision, newest first."""
+    scripts = ScriptDirectory.from_config(alembic_config())
+    head = scripts.get_current_head()
+    return [
+        Revision(
+            revision=script.revision,
+            down_revision=script.down_revision,
+            message=script.doc,
+            is_head=script.revision == head,
+        )
+        for script in scripts.walk_revisions()
+    ]
+
+
+def require_head(engine: Engine) -> None:
+    """Raise a one-line :class:`DatabaseError` unless the database is at the head revision."""
+    found = revision_of(engine)
+    if found == head_revision():
+        return
+    if found is None:
+        raise DatabaseError(
+            f"{engine.url.render_as_string()} holds no filterdb schema; run `filterdb init`"
+        )
+    raise DatabaseError(
+        f"database is at revision {found}, this filterdb needs {head_revision()}; "
+        "run `filterdb db upgrade`"
+    )
+
+
+def _run(url: str | None, step, revision: str) -> str | None:
+    config = alembic_config()
+    with engine_for(url) as engine:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            step(config, revision)
+        return revision_of(engine)

@@ -1,0 +1,93 @@
+"""What every source hands to extraction: the model's metadata and its conv weights.
+
+A source (RobustBench zoo entry, torch checkpoint, ONNX file) reads a model and returns a
+:class:`ModelSource`. Extraction (:mod:`filterdb.extract`) keeps the 3x3 convs and turns
+them into rows; nothing downstream knows where a model came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+TRAINING_TYPES = ("adversarial", "normal")
+
+
+@dataclass
+class TrainingInfo:
+    """How a model was trained: one row of the ``training`` table (SPEC section 4)."""
+
+    training_type: str = "normal"
+    training_dataset: str | None = None
+    pretraining_dataset: str | None = None
+    threat_model: str | None = None
+    eps_text: str | None = None
+    eps: float | None = None
+    extra_data: bool | None = None
+    clean_acc: float | None = None
+    robust_acc: float | None = None
+    autoattack_acc: float | None = None
+    external_acc: float | None = None
+    paper_title: str | None = None
+    paper_url: str | None = None
+    venue: str | None = None
+    footnote: str | None = None
+    unreliable: bool | None = None
+    number_forward_passes: int | None = None
+
+
+@dataclass
+class ModelInfo:
+    """Identity of a model: one row of the ``model`` table, plus its training."""
+
+    name: str
+    source: str
+    checkpoint_sha256: str
+    source_uri: str | None = None
+    architecture: str | None = None
+    family: str | None = None
+    n_parameters: int | None = None
+    producer: str | None = None
+    training: TrainingInfo = field(default_factory=TrainingInfo)
+
+
+@dataclass
+class ConvLayer:
+    """One convolution the model runs, of any kernel size.
+
+    ``weight`` has shape (C_out, C_in / groups, kh, kw) and may live on any device and be
+    non-contiguous. ``graph_depth`` is the conv's longest-path depth in the computation
+    graph (or its position when the graph is unknown); convs of every kernel size are
+    needed because conv_depth ranks the depths that hold any conv (SPEC section 5).
+    """
+
+    name: str
+    weight: torch.Tensor
+    graph_depth: int
+    groups: int = 1
+    stride: tuple[int, ...] | None = None
+    dilation: tuple[int, ...] | None = None
+
+    @property
+    def is_3x3(self) -> bool:
+        return self.weight.dim() == 4 and tuple(self.weight.shape[2:]) == (3, 3)
+
+
+DEPTH_METHODS = ("graph", "onnx", "execution_order", "key_order")
+
+
+@dataclass
+class ModelSource:
+    """A model ready for extraction.
+
+    ``convs`` are in extraction order (state_dict key order for torch, node order for
+    ONNX) and hold only the convs the forward pass reaches when the architecture is known;
+    ``n_unreached_convs`` counts the 3x3 convs left out for that reason (SPEC section 4).
+    ``depth_method`` is one of :data:`DEPTH_METHODS`.
+    """
+
+    info: ModelInfo
+    convs: list[ConvLayer]
+    depth_method: str
+    n_unreached_convs: int = 0

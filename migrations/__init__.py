@@ -1,0 +1,1 @@
+"""Alembic migrations of the filterdb schema (tables, sequences and views)."""

@@ -1,0 +1,78 @@
+"""Shared fixtures: every database test runs on a real DuckDB file and a real PostgreSQL.
+
+PostgreSQL comes from ``FILTERDB_TEST_POSTGRES_URL`` (``.ci/run`` starts a throwaway
+server and sets it). Without it the PostgreSQL half skips, unless
+``FILTERDB_REQUIRE_POSTGRES=1``, which CI sets, turns the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from filterdb import migrate
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+SHARED_DATA = SHARED / "data"
+BACKENDS = ("duckdb", "postgresql")
+
+
+def postgres_server_url() -> str:
+    url = os.environ.get("FILTERDB_TEST_POSTGRES_URL")
+    if url:
+        return url
+    if os.environ.get("FILTERDB_REQUIRE_POSTGRES") == "1":
+        pytest.fail("FILTERDB_REQUIRE_POSTGRES=1 but FILTERDB_TEST_POSTGRES_URL is not set")
+    pytest.skip("no PostgreSQL server: set FILTERDB_TEST_POSTGRES_URL (see .ci/postgres.sh)")
+
+
+def fresh_postgres_database() -> Iterator[str]:
+    """Create an empty database on the test server, yield its URL, drop it afterwards."""
+    server = sa.make_url(postgres_server_url())
+    name = f"filterdb_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_db_url(request, tmp_path) -> Iterator[str]:
+    """URL of an empty database, once per backend."""
+    if request.param == "duckdb":
+        yield f"duckdb:///{tmp_path / 'test.duckdb'}"
+    else:
+        yield from fresh_postgres_database()
+
+
+@pytest.fixture
+def db_url(empty_db_url) -> str:
+    """URL of a database at the head revision, once per backend."""
+    migrate.upgrade(empty_db_url)
+    return empty_db_url
+
+
+@pytest.fixture
+def duckdb_url(tmp_path) -> str:
+    """URL of a DuckDB file at the head revision (for DuckDB-only behaviour)."""
+    url = f"duckdb:///{tmp_path / 'test.duckdb'}"
+    migrate.upgrade(url)
+    return url
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    """``../shared/data``; tests that need it skip cleanly when it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is not here")
+    return SHARED_DATA
