@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 
-from cli.output import console, one_line_errors, print_frame
+from cli import ingest as ingest_cli
+from cli.output import console, err_console, one_line_errors, print_frame
+from filterdb import check as consistency
 from filterdb import inventory, migrate
 from filterdb.database import URL_ENVIRONMENT_VARIABLE
 
@@ -22,6 +24,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Schema migrations (Alembic) of the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+app.add_typer(ingest_cli.app, name="ingest")
 
 
 @app.callback()
@@ -102,6 +105,19 @@ def models(context: typer.Context) -> None:
     with one_line_errors():
         frame = inventory.models(database_url(context))
     print_frame(frame, title="models", empty="no models stored yet")
+
+
+@app.command()
+def check(context: typer.Context) -> None:
+    """Verify the warehouse: filter counts, orphan rows, models without layers."""
+    with one_line_errors():
+        problems = consistency.check(database_url(context))
+    for problem in problems:
+        err_console.print(f"problem: {problem}", markup=False, soft_wrap=True)
+    if problems:
+        err_console.print(f"{len(problems)} problems found")
+        raise typer.Exit(1)
+    console.print("consistent: every rule holds")
 
 
 def main() -> None:

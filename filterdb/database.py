@@ -146,6 +146,24 @@ def read_frame(
         positional = [compiled.params[name] for name in compiled.positiontup or ()]
         driver = connection.connection.driver_connection
         return driver.sql(str(compiled), params=positional or None).pl()
-    return pl.read_database(
-        sa.text(sql), connection, execute_options={"parameters": parameters or {}}
-    )
+    result = connection.execute(sa.text(sql), parameters or {})
+    names = list(result.keys())
+    schema = {
+        name: _POSTGRES_TYPES.get(column.type_code)
+        for name, column in zip(names, result.cursor.description, strict=True)
+    }
+    return pl.DataFrame(result.fetchall(), schema=schema, orient="row")
+
+
+# PostgreSQL type oids whose Polars type is pinned: psycopg hands REAL over as a Python
+# float, which a frame would widen to Float64 (PLATFORM.md); REAL stays Float32 so that
+# weights compare bitwise with the checkpoint.
+_POSTGRES_TYPES = {
+    16: pl.Boolean,
+    20: pl.Int64,
+    21: pl.Int16,
+    23: pl.Int32,
+    700: pl.Float32,
+    701: pl.Float64,
+    1700: pl.Float64,
+}

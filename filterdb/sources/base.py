@@ -7,7 +7,10 @@ them into rows; nothing downstream knows where a model came from.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -91,3 +94,34 @@ class ModelSource:
     convs: list[ConvLayer]
     depth_method: str
     n_unreached_convs: int = 0
+
+
+@dataclass
+class Candidate:
+    """A model about to be ingested: its identity is known, its weights not yet loaded.
+
+    ``read`` loads the weights and returns the :class:`ModelSource`; ``paths`` are the
+    checkpoint files whose bytes identify the model.
+    """
+
+    name: str
+    source: str
+    paths: list[Path]
+    read: Callable[[], ModelSource]
+
+
+def files_sha256(paths: list[Path]) -> str:
+    """SHA-256 over the bytes of ``paths`` in order: a model's identity (SPEC section 4)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def looks_like_html(path: Path) -> bool:
+    """True when ``path`` starts like an HTML page: what a failed download often leaves."""
+    with open(path, "rb") as handle:
+        start = handle.read(512).lstrip().lower()
+    return start.startswith((b"<!doctype", b"<html", b"<head", b"<body", b"<?xml"))

@@ -1,0 +1,203 @@
+"""``filterdb ingest checkpoint|onnx|robustbench``: parse options, ingest, print a summary."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.output import console, err_console, one_line_errors
+from cli.progress import ingest_progress
+from filterdb.errors import FilterdbError
+from filterdb.ingest import IngestResult, ingest_all
+from filterdb.sources import checkpoint as checkpoint_source
+from filterdb.sources import leaderboard, onnx_file
+from filterdb.sources.base import Candidate, TrainingInfo
+
+app = typer.Typer(help="Store every 3x3 filter of a model.", no_args_is_help=True)
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Training(StrEnum):
+    adversarial = "adversarial"
+    normal = "normal"
+
+
+DeviceOption = Annotated[
+    Device, typer.Option(help="Where to extract: auto is CUDA when available.")
+]
+ForceOption = Annotated[
+    bool, typer.Option("--force", help="Replace a model stored from a different checkpoint.")
+]
+NonfiniteOption = Annotated[
+    bool, typer.Option("--allow-nonfinite", help="Store NaN/Inf weights instead of refusing.")
+]
+QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+NameOption = Annotated[str | None, typer.Option(help="Model name (default: the file name).")]
+TrainingDatasetOption = Annotated[
+    str | None, typer.Option(help="Dataset the model was trained on, e.g. cifar10.")
+]
+TrainingOption = Annotated[Training, typer.Option(help="How the model was trained.")]
+ThreatOption = Annotated[
+    str | None, typer.Option(help="Threat model of adversarial training: Linf, L2, ...")
+]
+EpsOption = Annotated[str | None, typer.Option(help="Attack budget, e.g. 8/255 or 0.5.")]
+CleanAccOption = Annotated[float | None, typer.Option(help="Clean accuracy in percent.")]
+RobustAccOption = Annotated[float | None, typer.Option(help="Robust accuracy in percent.")]
+PaperOption = Annotated[str | None, typer.Option(help="Link to the paper.")]
+
+
+def training_info(
+    training: Training,
+    training_dataset: str | None,
+    threat_model: str | None,
+    eps: str | None,
+    clean_acc: float | None,
+    robust_acc: float | None,
+    paper: str | None,
+) -> TrainingInfo:
+    """The training metadata given on the command line."""
+    eps_text, eps_value = leaderboard.parse_eps(eps)
+    return TrainingInfo(
+        training_type=training.value,
+        training_dataset=training_dataset,
+        threat_model=threat_model,
+        eps_text=eps_text,
+        eps=eps_value,
+        clean_acc=clean_acc,
+        robust_acc=robust_acc,
+        paper_url=paper,
+    )
+
+
+@app.command()
+def checkpoint(
+    context: typer.Context,
+    path: Annotated[Path, typer.Argument(help="A torch state_dict file.")],
+    arch: Annotated[
+        str | None,
+        typer.Option(
+            help="Architecture: robustbench:<dataset>/<threat>/<name>, timm:<name>, "
+            "torchvision:<name> or a TorchScript file. Without it: 4-D weights in key order."
+        ),
+    ] = None,
+    name: NameOption = None,
+    training_dataset: TrainingDatasetOption = None,
+    training: TrainingOption = Training.normal,
+    threat_model: ThreatOption = None,
+    eps: EpsOption = None,
+    clean_acc: CleanAccOption = None,
+    robust_acc: RobustAccOption = None,
+    paper: PaperOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store the 3x3 filters of a torch checkpoint; all of it or nothing."""
+    with one_line_errors():
+        info = training_info(
+            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
+        )
+        candidate = checkpoint_source.checkpoint_candidate(
+            path, name=name, arch=arch, training=info
+        )
+    run_ingest(
+        context,
+        [candidate],
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+    )
+
+
+@app.command()
+def onnx(
+    context: typer.Context,
+    path: Annotated[Path, typer.Argument(help="An ONNX model file.")],
+    name: NameOption = None,
+    training_dataset: TrainingDatasetOption = None,
+    training: TrainingOption = Training.normal,
+    threat_model: ThreatOption = None,
+    eps: EpsOption = None,
+    clean_acc: CleanAccOption = None,
+    robust_acc: RobustAccOption = None,
+    paper: PaperOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store the 3x3 filters of an ONNX model; depth comes from its graph."""
+    with one_line_errors():
+        info = training_info(
+            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
+        )
+        candidate = onnx_file.onnx_candidate(path, name=name, training=info)
+    run_ingest(
+        context,
+        [candidate],
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+    )
+
+
+def run_ingest(
+    context: typer.Context,
+    candidates: list[Candidate],
+    *,
+    device: Device,
+    force: bool,
+    allow_nonfinite: bool,
+    quiet: bool,
+    missing: list[str] = (),
+) -> None:
+    """Ingest ``candidates``, print one line per model, exit 1 when any failed or missed."""
+    from cli.main import database_url
+
+    with one_line_errors(), ingest_progress(len(candidates), quiet=quiet) as on_progress:
+        results, failures = ingest_all(
+            candidates,
+            url=database_url(context),
+            device=device.value,
+            force=force,
+            allow_nonfinite=allow_nonfinite,
+            on_progress=on_progress,
+        )
+    for result in results:
+        console.print(summary_line(result))
+    for line in missing:
+        err_console.print(f"missing: {line}", markup=False, soft_wrap=True)
+    report_failures(failures, single=len(candidates) == 1 and not missing)
+    if missing:
+        raise typer.Exit(1)
+
+
+def summary_line(result: IngestResult) -> str:
+    """One line per model: what happened and how much was stored."""
+    unreached = (
+        f", {result.n_unreached_convs} unreached convs left out" if result.n_unreached_convs else ""
+    )
+    return (
+        f"{result.model_name}: {result.status}, {result.n_layers} layers, "
+        f"{result.n_filters:,} filters{unreached} ({result.seconds:.2f} s)"
+    )
+
+
+def report_failures(failures: list[tuple[str, FilterdbError]], *, single: bool) -> None:
+    """Print failures one line each and exit 1 when there are any."""
+    for name, error in failures:
+        prefix = "error: " if single else f"error: {name}: "
+        err_console.print(f"{prefix}{error}", markup=False, soft_wrap=True)
+    if failures:
+        raise typer.Exit(1)
