@@ -104,7 +104,8 @@ def models(context: typer.Context) -> None:
     """List the stored models with their training, accuracies and counts."""
     with one_line_errors():
         frame = inventory.models(database_url(context))
-    print_frame(frame, title="models", empty="no models stored yet")
+    summary = frame.select(inventory.MODEL_SUMMARY_COLUMNS)
+    print_frame(summary, title="models", empty="no models stored yet")
 
 
 @app.command()

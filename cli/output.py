@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -12,8 +13,10 @@ from rich.table import Table
 
 from filterdb.errors import FilterdbError
 
-console = Console()
-err_console = Console(stderr=True)
+# Piped output is read by programs or saved: do not squeeze tables into 80 columns.
+PIPED_WIDTH = 200
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
 
 
 @contextmanager

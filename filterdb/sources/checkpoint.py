@@ -48,21 +48,33 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         )
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else "refused"
-        if "Weights only load failed" in str(error):
-            reason = "it needs code execution to unpickle"
-        raise SourceError(
-            f"{path} was refused: {reason}; filterdb loads tensors only (weights_only=True), "
-            "so re-save it as a plain state_dict of tensors"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SourceError(
-            f"{path} is not a readable torch checkpoint ({first}); the file is corrupt or "
-            "truncated: fetch it again"
-        ) from None
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        ValueError,
+    ) as error:
+        raise unreadable_checkpoint(path, error) from None
     return _unwrap(loaded, path)
+
+
+def unreadable_checkpoint(path: Path, error: Exception) -> SourceError:
+    """The one-line error for a checkpoint ``torch.load(weights_only=True)`` refused."""
+    text = str(error)
+    if "Unsupported global" in text:
+        # torch names the global the pickle wanted to call: code, not tensors.
+        return SourceError(
+            f"{path} was refused: unpickling it would run code; filterdb loads tensors only "
+            "(weights_only=True), so re-save it as a plain state_dict of tensors"
+        )
+    first = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+    if "Weights only load failed" in text:
+        first = "not a pickle of tensors"
+    return SourceError(
+        f"{path} is not a readable torch checkpoint ({first[:120]}); the file is corrupt or "
+        "truncated: fetch it again"
+    )
 
 
 def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:

@@ -1,0 +1,366 @@
+"""Ingestion of torch checkpoints: exact rows, incremental, atomic, and bad input refused."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from cli.main import app
+from filterdb import check
+from filterdb.database import engine_for, read_frame
+from filterdb.errors import ModelConflict, SourceError
+from filterdb.ingest import ingest
+from filterdb.sources.base import TrainingInfo
+from filterdb.sources.checkpoint import checkpoint_candidate
+
+runner = CliRunner()
+
+
+class TinyNet(torch.nn.Module):
+    """3x3 convs (one grouped), a 1x1 shortcut, a depthwise 3x3 and a linear head."""
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, width, 3, padding=1)
+        self.grouped = torch.nn.Conv2d(width, width, 3, padding=1, groups=2)
+        self.shortcut = torch.nn.Conv2d(width, width, 1)
+        self.depthwise = torch.nn.Conv2d(width, width, 3, padding=1, groups=width, stride=2)
+        self.head = torch.nn.Linear(width, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.grouped(x)) + self.shortcut(x)
+        x = self.depthwise(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def save(state_dict: dict, path: Path) -> Path:
+    torch.save(state_dict, path)
+    return path
+
+
+def conv_weights(state_dict: dict) -> dict[str, np.ndarray]:
+    """The 3x3 weights of a state_dict as (n, 9) float32 arrays: the oracle for rows."""
+    return {
+        key.removesuffix(".weight"): t.detach().contiguous().reshape(-1, 9).numpy()
+        for key, t in state_dict.items()
+        if t.dim() == 4 and t.shape[-2:] == (3, 3)
+    }
+
+
+def stored_filters(url: str, model: str) -> dict[str, np.ndarray]:
+    with engine_for(url) as engine, engine.connect() as connection:
+        frame = read_frame(
+            connection,
+            "SELECT layer_name, w0, w1, w2, w3, w4, w5, w6, w7, w8 FROM v_filters "
+            "WHERE model_name = :model ORDER BY layer_id, filter_index",
+            {"model": model},
+        )
+    return {
+        name: group.drop("layer_name").to_numpy()
+        for (name,), group in frame.group_by("layer_name", maintain_order=True)
+    }
+
+
+def table_counts(url: str) -> dict[str, int]:
+    with engine_for(url) as engine, engine.connect() as connection:
+        return {
+            table: connection.exec_driver_sql(f"SELECT COUNT(*) FROM {table}").scalar_one()
+            for table in ("model", "training", "layer", "filter", "metric_cache")
+        }
+
+
+def ingest_log(url: str) -> list[tuple[str, str]]:
+    with engine_for(url) as engine, engine.connect() as connection:
+        return [
+            tuple(row)
+            for row in connection.exec_driver_sql(
+                "SELECT model_name, status FROM ingest_log ORDER BY ingest_id"
+            )
+        ]
+
+
+@pytest.fixture
+def tiny_state_dict() -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return TinyNet().state_dict()
+
+
+def test_state_dict_rows_equal_the_checkpoint_bitwise(db_url, tmp_path, tiny_state_dict):
+    # Nested under "state_dict", DataParallel prefixes, a non-contiguous tensor.
+    nested = {f"module.{k}": v for k, v in tiny_state_dict.items()}
+    nested["module.stem.weight"] = tiny_state_dict["stem.weight"].transpose(2, 3)
+    path = save({"state_dict": nested}, tmp_path / "tiny.pt")
+    result = ingest(checkpoint_candidate(path), url=db_url, device="cpu")
+
+    expected = conv_weights({k.removeprefix("module."): v for k, v in nested.items()})
+    assert result.status == "ingested"
+    assert (result.n_layers, result.n_filters) == (3, sum(len(v) for v in expected.values()))
+    got = stored_filters(db_url, "tiny")
+    assert list(got) == list(expected)
+    for name, filters in expected.items():
+        assert got[name].dtype == np.float32
+        assert got[name].tobytes() == filters.tobytes(), name
+    assert check.check(db_url) == []
+
+
+def test_layers_carry_shape_and_key_order_depth(db_url, tmp_path, tiny_state_dict):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    ingest(checkpoint_candidate(path), url=db_url, device="cpu")
+    with engine_for(db_url) as engine, engine.connect() as connection:
+        layers = read_frame(
+            connection,
+            "SELECT layer_name, conv_index, conv_depth, conv_depth_norm, depth_bin, "
+            "depth_method, n_filters, out_channels FROM v_layers ORDER BY conv_index",
+        )
+    # Without architecture every 4-D weight is a conv in key order, the 1x1 included.
+    assert layers["layer_name"].to_list() == ["stem", "grouped", "depthwise"]
+    assert layers["conv_index"].to_list() == [0, 1, 2]
+    assert layers["conv_depth"].to_list() == [0, 1, 3]
+    assert layers["conv_depth_norm"].to_list() == pytest.approx([0, 1 / 3, 1])
+    assert layers["depth_bin"].to_list() == ["first", "(0.3, 0.4]", "(0.9, 1.0]"]
+    assert set(layers["depth_method"]) == {"key_order"}
+    assert layers["n_filters"].to_list() == [8 * 3, 8 * 4, 8 * 1]
+
+
+def test_architecture_gives_graph_depth_and_groups(db_url, tmp_path):
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.mobilenet_v3_small()
+    path = save(model.state_dict(), tmp_path / "mobile.pt")
+    result = ingest(
+        checkpoint_candidate(
+            path,
+            arch="torchvision:mobilenet_v3_small",
+            input_shape=(1, 3, 64, 64),
+        ),
+        url=db_url,
+        device="cpu",
+    )
+    assert result.n_layers > 0
+    with engine_for(db_url) as engine, engine.connect() as connection:
+        layers = read_frame(connection, "SELECT * FROM v_layers ORDER BY conv_index")
+    assert set(layers["depth_method"]) == {"graph"}
+    depthwise = layers.filter(layers["groups"] > 1)
+    assert depthwise.height > 0
+    assert (depthwise["groups"] == depthwise["in_channels"]).all()
+    assert (depthwise["n_filters"] == depthwise["out_channels"]).all()
+    assert layers["conv_depth"].is_sorted()
+    assert check.check(db_url) == []
+
+
+def test_unchanged_checkpoint_is_skipped(db_url, tmp_path, tiny_state_dict):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    first = ingest(checkpoint_candidate(path), url=db_url)
+    counts = table_counts(db_url)
+    second = ingest(checkpoint_candidate(path), url=db_url)
+    assert second.status == "skipped"
+    assert (second.model_id, second.n_filters) == (first.model_id, first.n_filters)
+    assert table_counts(db_url) == counts
+    assert ingest_log(db_url) == [("tiny", "ingested"), ("tiny", "skipped")]
+
+
+def test_changed_checkpoint_is_refused_then_replaced_with_force(db_url, tmp_path, tiny_state_dict):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    ingest(checkpoint_candidate(path), url=db_url)
+    changed = {k: v + 1 if v.is_floating_point() else v for k, v in tiny_state_dict.items()}
+    save(changed, path)
+    before = stored_filters(db_url, "tiny")
+    with pytest.raises(ModelConflict, match="--force"):
+        ingest(checkpoint_candidate(path), url=db_url)
+    assert all(np.array_equal(before[k], v) for k, v in stored_filters(db_url, "tiny").items())
+
+    result = ingest(checkpoint_candidate(path), url=db_url, force=True)
+    assert result.status == "replaced"
+    got = stored_filters(db_url, "tiny")
+    for name, filters in conv_weights(changed).items():
+        assert got[name].tobytes() == filters.tobytes()
+    assert table_counts(db_url)["model"] == 1
+    assert check.check(db_url) == []
+    assert [status for _, status in ingest_log(db_url)] == ["ingested", "failed", "replaced"]
+
+
+def test_training_metadata_lands_in_v_models(db_url, tmp_path, tiny_state_dict):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    training = TrainingInfo(
+        training_type="adversarial",
+        training_dataset="cifar10",
+        threat_model="Linf",
+        eps_text="8/255",
+        eps=8 / 255,
+        clean_acc=81.5,
+        robust_acc=50.25,
+    )
+    ingest(checkpoint_candidate(path, name="robust-tiny", training=training), url=db_url)
+    with engine_for(db_url) as engine, engine.connect() as connection:
+        row = read_frame(connection, "SELECT * FROM v_models").row(0, named=True)
+    assert row["model_name"] == "robust-tiny"
+    assert row["robust"] is True
+    assert (row["training_dataset"], row["threat_model"], row["eps_text"]) == (
+        "cifar10",
+        "Linf",
+        "8/255",
+    )
+    assert row["eps"] == pytest.approx(8 / 255)
+    assert (row["clean_acc"], row["robust_acc"]) == (81.5, 50.25)
+    assert (row["n_layers"], row["n_filters"]) == (3, 64)
+
+
+class RunsCode:
+    """An object whose unpickling would create a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def bad_checkpoints(tmp_path: Path, state_dict: dict) -> dict[str, tuple[Path, str]]:
+    good = save(state_dict, tmp_path / "good.pt")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(os.urandom(4096))
+    html = tmp_path / "html.pt"
+    html.write_text("<!DOCTYPE html><html><body>Google Drive quota exceeded</body></html>")
+    pickle_code = save({"weights": RunsCode(tmp_path / "marker")}, tmp_path / "code.pt")
+    no_3x3 = save(
+        {"fc.weight": torch.ones(4, 4), "pw.weight": torch.ones(4, 4, 1, 1)}, tmp_path / "no3x3.pt"
+    )
+    nan = {k: v.clone() for k, v in state_dict.items()}
+    nan["grouped.weight"][0, 0, 1, 1] = float("nan")
+    nonfinite = save(nan, tmp_path / "nan.pt")
+    return {
+        "truncated": (truncated, "corrupt or truncated"),
+        "garbage": (garbage, "corrupt or truncated"),
+        "html": (html, "HTML page"),
+        "pickle_code": (pickle_code, "weights_only"),
+        "no_3x3": (no_3x3, "no 3x3 convolution"),
+        "nonfinite": (nonfinite, "--allow-nonfinite"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case", ["truncated", "garbage", "html", "pickle_code", "no_3x3", "nonfinite"]
+)
+def test_bad_input_is_one_line_and_leaves_the_database_unchanged(
+    db_url, tmp_path, tiny_state_dict, case
+):
+    existing = save(tiny_state_dict, tmp_path / "existing.pt")
+    ingest(checkpoint_candidate(existing), url=db_url)
+    counts = table_counts(db_url)
+    path, fragment = bad_checkpoints(tmp_path, tiny_state_dict)[case]
+
+    result = runner.invoke(app, ["--db", db_url, "ingest", "checkpoint", str(path), "--quiet"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+    assert table_counts(db_url) == counts
+    assert not (tmp_path / "marker").exists()
+    assert ingest_log(db_url)[-1] == (path.stem, "failed")
+    assert check.check(db_url) == []
+
+
+def test_nonfinite_weights_are_stored_when_allowed(db_url, tmp_path, tiny_state_dict):
+    path, _ = bad_checkpoints(tmp_path, tiny_state_dict)["nonfinite"]
+    result = runner.invoke(
+        app, ["--db", db_url, "ingest", "checkpoint", str(path), "--allow-nonfinite", "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    assert np.isnan(stored_filters(db_url, "nan")["grouped"][0, 4])
+
+
+def test_cli_ingest_prints_a_summary_and_models_lists_it(db_url, tmp_path, tiny_state_dict):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    args = [
+        "--db",
+        db_url,
+        "ingest",
+        "checkpoint",
+        str(path),
+        "--training",
+        "adversarial",
+        "--eps",
+        "8/255",
+        "--training-dataset",
+        "cifar10",
+        "-q",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "tiny: ingested, 3 layers, 64 filters" in result.output
+    assert "tiny: skipped" in runner.invoke(app, args).output
+    listing = runner.invoke(app, ["--db", db_url, "models"])
+    assert "tiny" in listing.output and "cifar10" in listing.output
+
+
+def test_check_fails_on_a_database_damaged_by_hand(db_url, tmp_path, tiny_state_dict):
+    ingest(checkpoint_candidate(save(tiny_state_dict, tmp_path / "tiny.pt")), url=db_url)
+    assert runner.invoke(app, ["--db", db_url, "check"]).exit_code == 0
+    with engine_for(db_url) as engine, engine.begin() as connection:
+        connection.exec_driver_sql(
+            "DELETE FROM filter WHERE filter_index = 0 AND layer_id = "
+            "(SELECT MIN(layer_id) FROM layer)"
+        )
+        connection.exec_driver_sql(
+            "INSERT INTO layer (model_id, name, conv_index, graph_depth, conv_depth, "
+            "conv_depth_norm, depth_method, in_channels, out_channels, groups, n_filters) "
+            "VALUES (999, 'orphan', 0, 0, 0, 0, 'key_order', 1, 1, 1, 1)"
+        )
+    result = runner.invoke(app, ["--db", db_url, "check"])
+    assert result.exit_code == 1
+    assert "layer stem of tiny expects 24 filters, found 23" in result.output
+    assert "points at missing model_id 999" in result.output
+
+
+KILLED_INGEST = """
+import sys
+from pathlib import Path
+from filterdb.ingest import ingest
+from filterdb.sources.checkpoint import checkpoint_candidate
+ingest(checkpoint_candidate(Path(sys.argv[2])), url=sys.argv[1], device="cpu")
+print("finished", flush=True)
+"""
+
+
+def test_kill_9_during_ingest_leaves_all_or_nothing(db_url, tmp_path):
+    torch.manual_seed(1)
+    big = {f"conv{i}.weight": torch.randn(256, 256, 3, 3) for i in range(8)}  # 524,288 filters
+    path = save(big, tmp_path / "big.pt")
+    expected = conv_weights(big)
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    for delay in (0.5, 1.5, 3.0):
+        child = subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(KILLED_INGEST), db_url, str(path)],
+            stdout=subprocess.PIPE,
+            env=environment,
+        )
+        time.sleep(delay)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        counts = table_counts(db_url)
+        assert counts["model"] in (0, 1)
+        assert counts["filter"] == counts["model"] * sum(len(v) for v in expected.values())
+        assert check.check(db_url) == []
+    result = ingest(checkpoint_candidate(path), url=db_url, device="cpu")
+    assert result.status in ("ingested", "skipped")
+    got = stored_filters(db_url, "big")
+    assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in expected.items()}
+    assert check.check(db_url) == []
+
+
+def test_missing_checkpoint_is_a_source_error(tmp_path):
+    with pytest.raises(SourceError, match="no checkpoint at"):
+        checkpoint_candidate(tmp_path / "absent.pt")
