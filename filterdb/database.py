@@ -156,8 +156,8 @@ def read_frame(
 
 
 # PostgreSQL type oids whose Polars type is pinned: psycopg hands REAL over as a Python
-# float, which a frame would widen to Float64 (PLATFORM.md); REAL stays Float32 so that
-# weights compare bitwise with the checkpoint.
+# float, which a frame would widen to Float64 (PLATFORM.md), and an empty result would
+# have no types at all. REAL stays Float32 so that weights compare bitwise.
 _POSTGRES_TYPES = {
     16: pl.Boolean,
     20: pl.Int64,
@@ -166,4 +166,7 @@ _POSTGRES_TYPES = {
     700: pl.Float32,
     701: pl.Float64,
     1700: pl.Float64,
+    25: pl.String,
+    1043: pl.String,
+    1114: pl.Datetime("us"),
 }

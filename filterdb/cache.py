@@ -1,0 +1,209 @@
+"""The metric cache: compute what is missing or stale, store it, read it back per depth bin.
+
+A cached value is keyed by (layer, metric, parameters, metric version). A layer's values
+are stale when its metric version was bumped; a re-ingested model has new layer ids, so
+nothing cached for its old layers applies (and :func:`filterdb.load.delete_model` removes
+it). Work streams layer by layer and is written model by model, each in one short
+transaction, so memory stays bounded and DuckDB's single writer is held briefly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import polars as pl
+import sqlalchemy as sa
+import torch
+from sqlalchemy.engine import Connection, Engine
+
+from filterdb import schema
+from filterdb.database import engine_for, read_frame
+from filterdb.errors import FilterdbError
+from filterdb.extract import resolve_device
+from filterdb.fetch import layer_filters
+from filterdb.load import utc_now
+from filterdb.metrics.layer import EPS_DEPENDENT_METRICS, METRIC_VERSIONS, layer_metrics
+from filterdb.migrate import require_head
+from filterdb.views import DEFAULT_SPARSITY_EPS, METRIC_COLUMNS
+
+# The metrics pooled into depth bins (SPEC section 5); norms are per layer only.
+PROFILE_METRICS = tuple(name for name in METRIC_COLUMNS if name not in ("l1", "l2"))
+
+
+def metric_params(metric: str, *, eps: float) -> str:
+    """The cache key's parameter text of ``metric``: ``eps=<eps>`` or empty."""
+    return f"eps={float(eps)!r}" if metric in EPS_DEPENDENT_METRICS else ""
+
+
+@dataclass(frozen=True)
+class ComputeProgress:
+    """Progress of :func:`compute_metrics`: layers done out of layers to compute."""
+
+    model_name: str
+    layers_done: int
+    layers_total: int
+
+
+@dataclass(frozen=True)
+class ComputeResult:
+    """What :func:`compute_metrics` did: layers computed and values written."""
+
+    n_models: int
+    n_layers: int
+    n_values: int
+
+
+def compute_metrics(
+    url: str | None = None,
+    *,
+    models: list[str] | None = None,
+    eps: float = DEFAULT_SPARSITY_EPS,
+    recompute: bool = False,
+    device: str | torch.device = "auto",
+    on_progress: Callable[[ComputeProgress], None] | None = None,
+) -> ComputeResult:
+    """Compute and cache every metric of SPEC section 5 that is missing or stale.
+
+    ``models`` limits the work to those model names; ``recompute`` recomputes everything
+    in scope. ``eps`` is the sparsity threshold, part of the cache key.
+    """
+    target = resolve_device(device)
+    with engine_for(url) as engine:
+        require_head(engine)
+        todo = _stale(engine, models, eps=eps, recompute=recompute)
+        total = todo.height
+        done, n_values = 0, 0
+        for (model_name,), layers in todo.group_by("model_name", maintain_order=True):
+            rows = []
+            with engine.connect() as connection:
+                for layer in layers.iter_rows(named=True):
+                    rows += _layer_rows(connection, layer, eps=eps, device=target)
+                    done += 1
+                    if on_progress:
+                        on_progress(ComputeProgress(model_name, done, total))
+            with engine.begin() as connection:
+                _store(connection, rows)
+            n_values += len(rows)
+    n_models = todo["model_name"].n_unique() if total else 0
+    return ComputeResult(n_models=n_models, n_layers=total, n_values=n_values)
+
+
+def depth_profile(url: str | None = None, *, models: list[str] | None = None) -> pl.DataFrame:
+    """Per model and depth bin, each metric pooled over the bin's layers (SPEC section 5).
+
+    One row per (model, bin) that holds a layer; bins are ``first`` then the deciles
+    ``(0.0, 0.1]`` ... ``(0.9, 1.0]``, assigned from the integers (``v_layers.depth_bin``).
+    A bin's value is sum(value x support) / sum(support) over its layers whose value is not
+    NULL: the share of sparse filters for sparsity, entropies weighted by the filters they
+    were computed on, orthogonality by C_out. Values use the default sparsity threshold.
+    """
+    with engine_for(url) as engine:
+        require_head(engine)
+        with engine.connect() as connection:
+            rows = read_frame(connection, _PROFILE_SQL)
+    if models is not None:
+        rows = rows.filter(pl.col("model_name").is_in(models))
+    keys = ["model_id", "model_name", "training_type", "training_dataset", "architecture"]
+    keys += ["depth_bin_index", "depth_bin"]
+    bins = rows.group_by(keys).agg(pl.col("layer_id").n_unique().alias("n_layers"))
+    pooled = (
+        rows.filter(pl.col("value").is_not_null())
+        .group_by([*keys, "metric"])
+        .agg(((pl.col("value") * pl.col("support")).sum() / pl.col("support").sum()).alias("value"))
+    )
+    profile = bins
+    for metric in PROFILE_METRICS:
+        values = pooled.filter(pl.col("metric") == metric).select(
+            [*keys, pl.col("value").alias(metric)]
+        )
+        profile = profile.join(values, on=keys, how="left", nulls_equal=True)
+    return profile.sort(["model_name", "depth_bin_index"])
+
+
+_PROFILE_SQL = f"""
+SELECT l.model_id, l.model_name, l.training_type, l.training_dataset, l.architecture,
+    l.depth_bin_index, l.depth_bin, l.layer_id, c.metric, c.value, c.support
+FROM v_layers l
+LEFT JOIN metric_cache c ON c.layer_id = l.layer_id
+    AND c.params IN ('', '{metric_params("sparsity", eps=DEFAULT_SPARSITY_EPS)}')
+"""
+
+
+def _stale(
+    engine: Engine, models: list[str] | None, *, eps: float, recompute: bool
+) -> pl.DataFrame:
+    """Layers with at least one metric missing at its current version and parameters."""
+    with engine.connect() as connection:
+        layers = read_frame(
+            connection,
+            "SELECT layer_id, model_id, model_name, layer_name, out_channels, in_channels, "
+            "groups, n_filters FROM v_layers ORDER BY model_name, conv_index",
+        )
+        cached = read_frame(
+            connection, "SELECT layer_id, metric, params, version FROM metric_cache"
+        )
+    if models is not None:
+        unknown = sorted(set(models) - set(layers["model_name"]))
+        if unknown:
+            raise FilterdbError(
+                f"no stored model named {', '.join(unknown)}; `filterdb models` lists them"
+            )
+        layers = layers.filter(pl.col("model_name").is_in(models))
+    wanted = pl.DataFrame(
+        {
+            "metric": list(METRIC_VERSIONS),
+            "params": [metric_params(m, eps=eps) for m in METRIC_VERSIONS],
+            "version": list(METRIC_VERSIONS.values()),
+        },
+        schema={"metric": pl.String, "params": pl.String, "version": pl.Int64},
+    )
+    needed = layers.select("layer_id").join(wanted, how="cross")
+    if not recompute:
+        present = cached.with_columns(
+            pl.col("layer_id").cast(layers.schema["layer_id"]), pl.col("version").cast(pl.Int64)
+        )
+        needed = needed.join(present, on=["layer_id", "metric", "params", "version"], how="anti")
+    missing = needed.group_by("layer_id").agg(pl.col("metric"))
+    return layers.join(missing, on="layer_id", how="inner", maintain_order="left")
+
+
+def _layer_rows(
+    connection: Connection, layer: dict, *, eps: float, device: torch.device
+) -> list[dict]:
+    filters = layer_filters(connection, layer["layer_id"], layer["n_filters"])
+    per_out = layer["in_channels"] // layer["groups"]
+    weight = filters.reshape(layer["out_channels"], per_out, 3, 3)
+    values = layer_metrics(weight, eps=eps, device=device)
+    computed_at = utc_now()
+    return [
+        {
+            "layer_id": layer["layer_id"],
+            "model_id": layer["model_id"],
+            "metric": metric,
+            "params": metric_params(metric, eps=eps),
+            "version": METRIC_VERSIONS[metric],
+            "value": values[metric].value,
+            "support": values[metric].support,
+            "computed_at": computed_at,
+        }
+        for metric in layer["metric"]
+    ]
+
+
+def _store(connection: Connection, rows: list[dict]) -> None:
+    """Replace the cached values of ``rows``' (layer, metric, params), every version."""
+    cache = schema.metric_cache
+    layers_by_key: dict[tuple[str, str], list[int]] = {}
+    for row in rows:
+        layers_by_key.setdefault((row["metric"], row["params"]), []).append(row["layer_id"])
+    for (metric, params), layer_ids in layers_by_key.items():
+        connection.execute(
+            sa.delete(cache).where(
+                cache.c.metric == metric,
+                cache.c.params == params,
+                cache.c.layer_id.in_(layer_ids),
+            )
+        )
+    if rows:
+        connection.execute(sa.insert(cache), rows)

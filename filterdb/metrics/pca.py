@@ -1,0 +1,189 @@
+"""PCA eigen-filters of a group of 3x3 filters (SPEC section 5, "PCA eigen-filters").
+
+A group (a model, robust, normal, all, a depth bin, a dataset) is pooled, its sparse
+filters dropped and the rest scaled by their own largest absolute weight
+(:func:`scale_non_sparse`); :func:`fit_pca` then finds the group's eigen-filters in
+float64, oriented the way scikit-learn 0.24.1 oriented them, which both papers pinned.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from filterdb.errors import FilterdbError
+from filterdb.views import DEFAULT_SPARSITY_EPS
+
+N_WEIGHTS = 9  # a 3x3 kernel, w0..w8 row-major
+
+
+class NoPCA(FilterdbError):
+    """No PCA of a group: under 9 non-sparse filters, zero variance, or non-finite weights."""
+
+
+@dataclass(frozen=True)
+class PCAResult:
+    """The eigen-filters of one group.
+
+    Attributes
+    ----------
+    mean : (9,) float64
+        Mean of the group's scaled non-sparse filters.
+    components : (9, 9) float64
+        Unit eigenvectors as rows, by decreasing eigenvalue, oriented by the sign rule.
+    explained_variance : (9,) float64
+        Eigenvalues lambda_k of the covariance matrix (denominator n - 1).
+    ratio : (9,) float64
+        Explained variance ratios r_k = lambda_k / sum(lambda).
+    cumulative : (9,) float64
+        Cumulative sum of ``ratio``.
+    n_filters : int
+        Number of filters the PCA was fitted on.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    explained_variance: np.ndarray
+    ratio: np.ndarray
+    cumulative: np.ndarray
+    n_filters: int
+
+    @property
+    def images(self) -> np.ndarray:
+        """Components as (9, 3, 3) images, w0..w8 row-major, for reports."""
+        return self.components.reshape(N_WEIGHTS, 3, 3)
+
+    def coefficients(self, filters: np.ndarray) -> np.ndarray:
+        """Coefficients c = (f - mean) . components^T of (n, 9) filters, float64 (n, 9).
+
+        Each filter's coefficients are the same bits whichever array it is passed in:
+        an elementwise sum in fixed w0..w8 order, where a matrix product may round a row
+        differently depending on the block it lands in. So a subgroup's coefficients,
+        computed on their own, stay inside a range [lo, hi] taken over its union.
+        """
+        centred = as_filters(filters) - self.mean
+        coefficients = np.zeros((len(centred), N_WEIGHTS))
+        for j in range(N_WEIGHTS):
+            coefficients += centred[:, j, None] * self.components[:, j]
+        return coefficients
+
+
+def as_filters(filters: np.ndarray) -> np.ndarray:
+    """``filters`` as a float64 (n, 9) array; a ValueError names any other shape."""
+    array = np.asarray(filters, dtype=np.float64)
+    if array.ndim != 2 or array.shape[1] != N_WEIGHTS:
+        raise ValueError(f"filters must be an (n, 9) array, got shape {array.shape}")
+    return array
+
+
+def scale_non_sparse(
+    filters: np.ndarray, layer_max: np.ndarray | float, *, eps: float = DEFAULT_SPARSITY_EPS
+) -> np.ndarray:
+    """Drop the sparse filters and divide each other one by its own largest |weight|.
+
+    Parameters
+    ----------
+    filters : (n, 9) array
+        Filters of one layer, or of a pooled group.
+    layer_max : float or (n,) array
+        Max |W| of the filter's layer: one value for one layer, one per row for a pooled
+        group, since sparsity is judged per layer (SPEC section 5, "sparsity").
+    eps : float
+        A filter is sparse when its largest |weight| is at most ``eps * layer_max``
+        (``<=``, as in the robustness paper). All-zero filters are always sparse.
+
+    Returns
+    -------
+    (m, 9) float64
+        The non-sparse filters, in input order, each with largest |weight| 1.
+    """
+    # As filterdb.metrics.layer.sparse_mask: a negative eps would keep all-zero filters.
+    if not 0 <= eps < math.inf:
+        raise ValueError(f"sparsity eps must be finite and >= 0, got {eps!r}")
+    filters = as_filters(filters)
+    peak = np.abs(filters).max(axis=1)
+    # The threshold is taken in float64: float32 filters and their layer max are exact
+    # there, so only eps * layer_max rounds, once.
+    threshold = eps * np.broadcast_to(np.asarray(layer_max, dtype=np.float64), peak.shape)
+    keep = peak > threshold
+    return filters[keep] / peak[keep, None]
+
+
+def fit_pca(scaled: np.ndarray) -> PCAResult:
+    """Eigen-filters of a group's scaled non-sparse filters (SPEC section 5).
+
+    Centres by the group mean (no whitening), eigen-decomposes the 9x9 covariance, and
+    orients each component so that the filter with the largest |coefficient| on it has a
+    positive coefficient (scikit-learn 0.24.1's ``svd_flip`` on U; scikit-learn >= 1.5
+    decides on the component's entries instead, which moves drift by up to 0.3%). When
+    that filter is not unique up to sign (equal |coefficient| with both signs, or all
+    coefficients 0), the component's largest-magnitude entry, first in w0..w8 order, is
+    made positive.
+
+    Raises
+    ------
+    NoPCA
+        Fewer than 9 filters, zero total variance, or non-finite weights.
+    """
+    scaled = as_filters(scaled)
+    n = len(scaled)
+    if n < N_WEIGHTS:
+        raise NoPCA(
+            f"no PCA: the group has {n} non-sparse filters and a PCA needs at least "
+            f"{N_WEIGHTS}; pool a larger group"
+        )
+    if not np.isfinite(scaled).all():
+        raise NoPCA(
+            "no PCA: the group's filters hold NaN or infinite weights; re-ingest a clean model"
+        )
+    # Identical rows are zero variance exactly; their float mean need not equal the row.
+    if (scaled == scaled[0]).all():
+        raise NoPCA(
+            f"no PCA: all {n} non-sparse filters of the group are identical (zero total variance)"
+        )
+    mean = scaled.mean(axis=0)
+    centred = scaled - mean
+    covariance = centred.T @ centred / (n - 1)
+    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
+    # A covariance matrix is positive semi-definite; eigh may return -1e-17 for a zero.
+    explained_variance = np.clip(eigenvalues[::-1], 0.0, None)
+    total = explained_variance.sum()
+    if total == 0.0:  # differences so small that their squares underflow
+        raise NoPCA(f"no PCA: the {n} non-sparse filters of the group have zero total variance")
+    basis = PCAResult(
+        mean=mean,
+        components=np.ascontiguousarray(eigenvectors[:, ::-1].T),
+        explained_variance=explained_variance,
+        ratio=explained_variance / total,
+        cumulative=np.cumsum(explained_variance / total),
+        n_filters=n,
+    )
+    signs = _orientation(basis.components, basis.coefficients(scaled))
+    return PCAResult(
+        mean=basis.mean,
+        components=basis.components * signs[:, None],
+        explained_variance=basis.explained_variance,
+        ratio=basis.ratio,
+        cumulative=basis.cumulative,
+        n_filters=n,
+    )
+
+
+def _orientation(components: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """Sign (+1 or -1) per component that applies the SPEC's sign rule.
+
+    ``components`` is (9, 9), rows; ``coefficients`` is (n, 9), column k on component k.
+    """
+    signs = np.ones(len(components))
+    for k, component in enumerate(components):
+        column = coefficients[:, k]
+        largest = np.abs(column).max()
+        at_largest = column[np.abs(column) == largest]
+        if largest > 0 and (np.all(at_largest > 0) or np.all(at_largest < 0)):
+            decider = at_largest[0]
+        else:  # the filter rule cannot decide: fall back on the component's entries
+            decider = component[np.argmax(np.abs(component))]  # argmax: first of equals
+        signs[k] = -1.0 if decider < 0 else 1.0
+    return signs
