@@ -6,15 +6,34 @@ in this package.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from cli import ingest as ingest_cli
-from cli.output import console, err_console, one_line_errors, print_frame
+from cli.output import (
+    OutputFormat,
+    console,
+    emit_frame,
+    err_console,
+    one_line_errors,
+    print_frame,
+)
+from cli.progress import compute_progress
+from filterdb import cache, inventory, migrate
 from filterdb import check as consistency
-from filterdb import inventory, migrate
 from filterdb.database import URL_ENVIRONMENT_VARIABLE
+from filterdb.query import run_query
+from filterdb.views import DEFAULT_SPARSITY_EPS, METRIC_COLUMNS
+
+FormatOption = Annotated[
+    OutputFormat,
+    typer.Option("--format", help="table for people; csv, json, parquet, markdown for programs."),
+]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write to FILE instead of the terminal.")
+]
 
 app = typer.Typer(
     help="A data warehouse of trained 3x3 convolution filters.",
@@ -119,6 +138,83 @@ def check(context: typer.Context) -> None:
         err_console.print(f"{len(problems)} problems found")
         raise typer.Exit(1)
     console.print("consistent: every rule holds")
+
+
+@app.command()
+def layers(
+    context: typer.Context,
+    model: Annotated[str, typer.Argument(help="Model name, as `filterdb models` lists it.")],
+) -> None:
+    """List a model's stored 3x3 layers with depth, channels and cached metrics."""
+    with one_line_errors():
+        frame = inventory.layer_metrics(database_url(context), model=model)
+    cached = [c for c in METRIC_COLUMNS if frame[c].is_not_null().any()]
+    print_frame(frame.select([*inventory.LAYER_SUMMARY_COLUMNS, *cached]), title=model)
+    if not cached:
+        console.print("no metrics cached yet: run `filterdb metrics`")
+
+
+@app.command()
+def metrics(
+    context: typer.Context,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Only this model (repeatable).")
+    ] = None,
+    eps: Annotated[float, typer.Option(help="Sparsity threshold (share of layer max).")] = (
+        DEFAULT_SPARSITY_EPS
+    ),
+    recompute: Annotated[bool, typer.Option(help="Recompute cached values too.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Compute and cache the metrics of every layer that lacks them (or is stale)."""
+    with one_line_errors(), compute_progress(quiet=quiet) as on_progress:
+        result = cache.compute_metrics(
+            database_url(context),
+            models=model,
+            eps=eps,
+            recompute=recompute,
+            device=device,
+            on_progress=on_progress,
+        )
+    if result.n_layers == 0:
+        console.print("nothing to compute: every metric is cached and current")
+    else:
+        console.print(
+            f"computed {result.n_values:,} values for {result.n_layers:,} layers "
+            f"of {result.n_models} models"
+        )
+
+
+@app.command("depth-profile")
+def depth_profile(
+    context: typer.Context,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Only this model (repeatable).")
+    ] = None,
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """Each metric per model and depth bin (first layer, then deciles of depth)."""
+    with one_line_errors():
+        frame = cache.depth_profile(database_url(context), models=model)
+        emit_frame(frame, fmt, output, title="depth profile")
+
+
+@app.command()
+def query(
+    context: typer.Context,
+    sql: Annotated[str, typer.Argument(help="One SQL statement over the documented views.")],
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+    write: Annotated[
+        bool, typer.Option("--write", help="Allow statements that change the database.")
+    ] = False,
+) -> None:
+    """Run ad-hoc SQL, read-only unless --write (see the views in the README)."""
+    with one_line_errors():
+        frame = run_query(sql, url=database_url(context), write=write)
+        emit_frame(frame, fmt, output)
 
 
 def main() -> None:

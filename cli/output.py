@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from enum import StrEnum
+from pathlib import Path
 
 import polars as pl
 import typer
@@ -50,3 +52,54 @@ def print_frame(frame: pl.DataFrame, *, title: str | None = None, empty: str = "
     for row in frame.iter_rows():
         table.add_row(*(format_cell(value) for value in row))
     console.print(table)
+
+
+class OutputFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+    parquet = "parquet"
+    markdown = "markdown"
+
+
+def markdown_table(frame: pl.DataFrame) -> str:
+    """``frame`` as a GitHub-flavoured Markdown table (full-precision values)."""
+    header = "| " + " | ".join(frame.columns) + " |"
+    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
+    rows = [
+        "| " + " | ".join("" if v is None else str(v) for v in row) + " |"
+        for row in frame.iter_rows()
+    ]
+    return "\n".join([header, rule, *rows]) + "\n"
+
+
+def emit_frame(
+    frame: pl.DataFrame, fmt: OutputFormat, output: Path | None, *, title: str = ""
+) -> None:
+    """Print or write ``frame``: a table for people; csv, json, parquet, markdown for programs.
+
+    Floats keep full precision in every format but ``table``. Parquet is binary and needs
+    ``output``.
+    """
+    if fmt is OutputFormat.parquet:
+        if output is None:
+            raise FilterdbError("parquet is binary: give --output FILE.parquet")
+        frame.write_parquet(output)
+    elif fmt is OutputFormat.table:
+        if output is not None:
+            raise FilterdbError(
+                "--format table prints to the terminal; pick csv, json, parquet or markdown"
+            )
+        print_frame(frame, title=title)
+        return
+    else:
+        text = {
+            OutputFormat.csv: lambda: frame.write_csv(),
+            OutputFormat.json: lambda: frame.write_json(),
+            OutputFormat.markdown: lambda: markdown_table(frame),
+        }[fmt]()
+        if output is None:
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            return
+        output.write_text(text)
+    err_console.print(f"wrote {frame.height} rows to {output}")

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from cli.output import err_console
+from filterdb.cache import ComputeProgress
 from filterdb.ingest import IngestEvent, ProgressCallback
 
 
@@ -40,3 +41,29 @@ def ingest_progress(total_models: int, *, quiet: bool) -> Iterator[ProgressCallb
                 progress.remove_task(task)
 
         yield on_event
+
+
+@contextmanager
+def compute_progress(*, quiet: bool) -> Iterator[Callable[[ComputeProgress], None] | None]:
+    """Yield a callback drawing one bar over the layers to compute, or ``None``."""
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console, transient=True) as progress:
+        task = progress.add_task("metrics", total=None)
+
+        def on_progress(event: ComputeProgress) -> None:
+            progress.update(
+                task,
+                description=event.model_name,
+                completed=event.layers_done,
+                total=event.layers_total,
+            )
+
+        yield on_progress

@@ -19,9 +19,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from filterdb import schema
 from filterdb.database import engine_for, read_frame
-from filterdb.errors import FilterdbError
 from filterdb.extract import resolve_device
 from filterdb.fetch import layer_filters
+from filterdb.inventory import require_models
 from filterdb.load import utc_now
 from filterdb.metrics.layer import EPS_DEPENDENT_METRICS, METRIC_VERSIONS, layer_metrics
 from filterdb.migrate import require_head
@@ -101,6 +101,8 @@ def depth_profile(url: str | None = None, *, models: list[str] | None = None) ->
     with engine_for(url) as engine:
         require_head(engine)
         with engine.connect() as connection:
+            if models is not None:
+                require_models(connection, models)
             rows = read_frame(connection, _PROFILE_SQL)
     if models is not None:
         rows = rows.filter(pl.col("model_name").is_in(models))
@@ -135,6 +137,8 @@ def _stale(
 ) -> pl.DataFrame:
     """Layers with at least one metric missing at its current version and parameters."""
     with engine.connect() as connection:
+        if models is not None:
+            require_models(connection, models)
         layers = read_frame(
             connection,
             "SELECT layer_id, model_id, model_name, layer_name, out_channels, in_channels, "
@@ -144,11 +148,6 @@ def _stale(
             connection, "SELECT layer_id, metric, params, version FROM metric_cache"
         )
     if models is not None:
-        unknown = sorted(set(models) - set(layers["model_name"]))
-        if unknown:
-            raise FilterdbError(
-                f"no stored model named {', '.join(unknown)}; `filterdb models` lists them"
-            )
         layers = layers.filter(pl.col("model_name").is_in(models))
     wanted = pl.DataFrame(
         {

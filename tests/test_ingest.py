@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import subprocess
@@ -111,6 +112,9 @@ def test_state_dict_rows_equal_the_checkpoint_bitwise(db_url, tmp_path, tiny_sta
     for name, filters in expected.items():
         assert got[name].dtype == np.float32
         assert got[name].tobytes() == filters.tobytes(), name
+    with engine_for(db_url) as engine, engine.connect() as connection:
+        stored_sha256 = connection.exec_driver_sql("SELECT checkpoint_sha256 FROM model").scalar()
+    assert stored_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     assert check.check(db_url) == []
 
 

@@ -8,11 +8,15 @@ them into rows; nothing downstream knows where a model came from.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from filterdb.errors import SourceError
 
 TRAINING_TYPES = ("adversarial", "normal")
 
@@ -46,7 +50,8 @@ class ModelInfo:
 
     name: str
     source: str
-    checkpoint_sha256: str
+    # Set by ingestion from the candidate's files, hashed before anything is loaded.
+    checkpoint_sha256: str = ""
     source_uri: str | None = None
     architecture: str | None = None
     family: str | None = None
@@ -123,5 +128,47 @@ def files_sha256(paths: list[Path]) -> str:
 def looks_like_html(path: Path) -> bool:
     """True when ``path`` starts like an HTML page: what a failed download often leaves."""
     with open(path, "rb") as handle:
-        start = handle.read(512).lstrip().lower()
-    return start.startswith((b"<!doctype", b"<html", b"<head", b"<body", b"<?xml"))
+        start = handle.read(512).lstrip()
+    # Neither a torch zip, a legacy pickle nor protobuf starts with "<" after whitespace.
+    return start.startswith(b"<")
+
+
+def load_tensors(path: Path) -> object:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers, never code.
+
+    Raises a one-line :class:`SourceError` naming the cause: an HTML page (a failed
+    download), a pickle that would run code, a corrupt or truncated file.
+    """
+    if looks_like_html(path):
+        raise SourceError(
+            f"{path} is an HTML page, not a checkpoint (failed download?); delete it and "
+            "fetch the real checkpoint again"
+        )
+    try:
+        # Memory-mapped, checking a zip checkpoint costs its pickle, not its tensors.
+        return torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    # What torch raises for refused pickles and for truncated or foreign bytes (KeyError:
+    # bytes read as a legacy torch pickle).
+    except (
+        pickle.UnpicklingError,
+        RuntimeError,
+        EOFError,
+        KeyError,
+        ValueError,
+        zipfile.BadZipFile,
+    ) as error:
+        text = str(error)
+        if "GLOBAL" in text:
+            # torch names the global the pickle wanted to call: code, not tensors.
+            raise SourceError(
+                f"{path} was refused: unpickling it needs code execution; filterdb loads tensors "
+                "only (weights_only=True), so re-save it as a plain state_dict of tensors"
+            ) from None
+        reason = "not a pickle of tensors" if "Weights only load failed" in text else None
+        reason = reason or (text.strip().splitlines() or [type(error).__name__])[-1][:120]
+        raise SourceError(
+            f"{path} is not a readable torch checkpoint ({reason}); the file is corrupt or "
+            "truncated: fetch it again"
+        ) from None

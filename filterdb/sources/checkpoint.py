@@ -8,8 +8,6 @@ every 4-D weight is a conv in key order, and depth is that order.
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from filterdb.sources.base import (
     ModelInfo,
     ModelSource,
     TrainingInfo,
-    looks_like_html,
+    load_tensors,
 )
 
 # Wrappers seen around state_dicts in the wild, and prefixes left by DataParallel and
@@ -41,40 +39,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     if not path.is_file():
         raise SourceError(f"no checkpoint at {path}; check the path")
-    if looks_like_html(path):
-        raise SourceError(
-            f"{path} is an HTML page, not a checkpoint (failed download?); delete it and "
-            "fetch it again"
-        )
-    try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True)
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        ValueError,
-    ) as error:
-        raise unreadable_checkpoint(path, error) from None
+    loaded = load_tensors(path)
     return _unwrap(loaded, path)
-
-
-def unreadable_checkpoint(path: Path, error: Exception) -> SourceError:
-    """The one-line error for a checkpoint ``torch.load(weights_only=True)`` refused."""
-    text = str(error)
-    if "Unsupported global" in text:
-        # torch names the global the pickle wanted to call: code, not tensors.
-        return SourceError(
-            f"{path} was refused: unpickling it would run code; filterdb loads tensors only "
-            "(weights_only=True), so re-save it as a plain state_dict of tensors"
-        )
-    first = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
-    if "Weights only load failed" in text:
-        first = "not a pickle of tensors"
-    return SourceError(
-        f"{path} is not a readable torch checkpoint ({first[:120]}); the file is corrupt or "
-        "truncated: fetch it again"
-    )
 
 
 def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -106,7 +72,6 @@ def read_checkpoint(
     info = ModelInfo(
         name=name or path.stem,
         source="checkpoint",
-        checkpoint_sha256="",
         source_uri=str(path),
         architecture=architecture,
         family=family,

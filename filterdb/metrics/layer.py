@@ -1,0 +1,233 @@
+"""Per-layer metrics of one 3x3 conv layer (SPEC section 5, normative).
+
+:func:`layer_metrics` computes every metric of :data:`METRIC_VERSIONS` from a layer's weight
+in one go: one transfer to the device, float64 arithmetic, a 9x9 scatter matrix per entropy
+variant and one C_out x C_out Gram matrix. The small functions it is built from are public
+so that the rest of filterdb (SQL aggregates, PCA) reuses them instead of restating SPEC:
+
+- :func:`sparse_mask` and :func:`scale_by_peak` select and scale filters as SPEC does;
+- :func:`variance_entropy` / :func:`variance_entropy_from_covariance` give H of a filter set
+  or of its 9x9 covariance (or any positive multiple of it, e.g. the centred sums of
+  products that SQL computes in one pass);
+- :func:`expected_random_entropy` and :func:`normalized_entropy` give the ``_norm`` variants;
+- :func:`orthogonality` works on the (C_out, C_in/groups * 9) kernel matrix.
+
+All comparisons and sums run in float64. Float32 weights widen exactly, so a float32 layer
+and its float64 copy give identical results, and the sparsity threshold ``eps * layer max``
+is the float64 product of the Python float ``eps`` and the widened layer max.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from filterdb.views import DEFAULT_SPARSITY_EPS
+
+# One version per metric; bump a metric's version whenever its definition changes, which
+# invalidates its cached values (SPEC section 5). The names are the v_layer_metrics columns.
+METRIC_VERSIONS: dict[str, int] = {
+    "sparsity": 1,
+    "variance_entropy": 1,
+    "variance_entropy_norm": 1,
+    "variance_entropy_clean": 1,
+    "variance_entropy_clean_norm": 1,
+    "variance_entropy_scaled": 1,
+    "variance_entropy_scaled_norm": 1,
+    "orthogonality": 1,
+    "l1": 1,
+    "l2": 1,
+}
+
+# The metrics whose value depends on the sparsity threshold eps: their cache key carries it.
+EPS_DEPENDENT_METRICS: frozenset[str] = frozenset(
+    {
+        "sparsity",
+        "variance_entropy_clean",
+        "variance_entropy_clean_norm",
+        "variance_entropy_scaled",
+        "variance_entropy_scaled_norm",
+    }
+)
+
+# Logistic fit of the variance entropy of m random filters (SPEC section 5).
+_H_MAX_L = 1.2618047
+_H_MAX_X0 = 2.30436435
+_H_MAX_K = 0.88767525
+_H_MAX_B = -0.31050834
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """A metric of one layer and the size of what it was computed on.
+
+    ``value`` is None where SPEC section 5 says NULL. ``support`` is the number of filters
+    for sparsity and the entropies (all filters for ``variance_entropy``, the non-sparse
+    ones for the ``_clean`` and ``_scaled`` variants and their ``_norm``), C_out for
+    orthogonality and the number of weights for ``l1`` and ``l2``: the weights that depth
+    bins average with (SPEC section 5, depth bins).
+    """
+
+    value: float | None
+    support: int
+
+
+def layer_metrics(
+    weight: np.ndarray | torch.Tensor,
+    *,
+    eps: float = DEFAULT_SPARSITY_EPS,
+    device: str | torch.device = "cpu",
+) -> dict[str, MetricValue]:
+    """Every metric of :data:`METRIC_VERSIONS` for one 3x3 conv layer.
+
+    Parameters
+    ----------
+    weight
+        The layer's weight, shape (C_out, C_in / groups, 3, 3), any float dtype, any
+        strides, on any device. It moves to ``device`` once, in its own dtype, and is
+        widened to float64 there (a numpy array is first copied into a torch tensor).
+    eps
+        Sparsity threshold, as a share of the layer max (finite, ``>= 0``).
+    device
+        Where the arithmetic runs (``"cuda"`` when there is one).
+
+    Returns
+    -------
+    dict
+        Metric name to :class:`MetricValue`, keys in :data:`METRIC_VERSIONS` order.
+    """
+    kernels = _kernels_float64(weight, device)
+    filters = kernels.reshape(-1, 9)
+    sparse = sparse_mask(filters, eps=eps)
+    kept = filters[~sparse]
+    n_filters = filters.shape[0]
+
+    results = {"sparsity": MetricValue(int(sparse.sum()) / n_filters, n_filters)}
+    for name, subset in (
+        ("variance_entropy", filters),
+        ("variance_entropy_clean", kept),
+        ("variance_entropy_scaled", scale_by_peak(kept)),
+    ):
+        entropy = variance_entropy(subset)
+        results[name] = MetricValue(entropy, subset.shape[0])
+        results[f"{name}_norm"] = MetricValue(
+            normalized_entropy(entropy, subset.shape[0]), subset.shape[0]
+        )
+    results["orthogonality"] = MetricValue(orthogonality(kernels), kernels.shape[0])
+    results["l1"] = MetricValue(float(filters.abs().sum()), filters.numel())
+    results["l2"] = MetricValue(float(torch.linalg.vector_norm(filters)), filters.numel())
+    return {name: results[name] for name in METRIC_VERSIONS}
+
+
+def sparse_mask(filters: torch.Tensor, *, eps: float = DEFAULT_SPARSITY_EPS) -> torch.Tensor:
+    """Which filters of one layer are sparse: max |w| at most ``eps`` x the layer max.
+
+    ``filters`` is (n, 9) with n >= 1, one row per kernel of one layer; in float64 the
+    threshold is the float64 product ``eps * layer max``. The comparison is ``<=``, as in
+    the robustness paper (CNN Filter DB used ``<``), so an all-zero filter is always sparse
+    and an all-zero layer is all sparse (SPEC section 5). Returns a bool tensor of shape (n,).
+    """
+    # A negative eps would keep all-zero filters, an infinite one makes 0 x inf = NaN.
+    if not 0 <= eps < math.inf:
+        raise ValueError(f"sparsity eps must be finite and >= 0, got {eps!r}")
+    peaks = filters.abs().amax(dim=1)
+    return peaks <= eps * peaks.max()
+
+
+def scale_by_peak(filters: torch.Tensor) -> torch.Tensor:
+    """Each filter divided by its own largest absolute weight; all-zero filters stay zero.
+
+    The scaling of ``variance_entropy_scaled`` and of PCA eigen-filters (SPEC section 5).
+    """
+    peaks = filters.abs().amax(dim=1, keepdim=True)
+    return filters / torch.where(peaks > 0, peaks, 1.0)
+
+
+def variance_entropy(filters: torch.Tensor) -> float | None:
+    """Variance entropy H (log10) of a set of m filters, shape (m, 9); None when m < 2.
+
+    Centres the filters by their mean and hands the 9x9 scatter matrix of the centred rows
+    to :func:`variance_entropy_from_covariance` (centring first keeps identical filters at
+    H = 0 instead of at the rounding noise of sums of products).
+    """
+    n_filters = filters.shape[0]
+    if n_filters < 2:
+        return None
+    centred = filters - filters.mean(dim=0)
+    scatter = centred.T @ centred
+    return variance_entropy_from_covariance(scatter.cpu().numpy(), n_filters=n_filters)
+
+
+def variance_entropy_from_covariance(covariance: np.ndarray, *, n_filters: int) -> float | None:
+    """Variance entropy H (log10) of ``n_filters`` filters from their 9x9 covariance matrix.
+
+    ``covariance`` may be any positive multiple of the covariance (the scatter matrix of the
+    centred filters, say): H depends only on the shares of its eigenvalues. The eigenvalues
+    are the variances v = s^2 / (m - 1) of SPEC section 5; tiny negative ones from rounding
+    count as 0. H = -sum p log10 p with p = v / sum(v) and 0 log 0 = 0; H = 0 when
+    sum(v) = 0 and None when ``n_filters`` < 2.
+    """
+    if n_filters < 2:
+        return None
+    variances = np.clip(np.linalg.eigvalsh(np.asarray(covariance, dtype=np.float64)), 0.0, None)
+    total = variances.sum()
+    if total == 0:
+        return 0.0
+    shares = variances[variances > 0] / total
+    return float(-(shares * np.log10(shares)).sum())
+
+
+def expected_random_entropy(n_filters: int) -> float:
+    """H_max(m): the logistic fit of the variance entropy of m random filters (m >= 1).
+
+    H_max(m) = L / (1 + exp(-k (log2 m - x0))) + b (SPEC section 5); it is <= 0 for m < 3.
+    """
+    return _H_MAX_L / (1.0 + math.exp(-_H_MAX_K * (math.log2(n_filters) - _H_MAX_X0))) + _H_MAX_B
+
+
+def normalized_entropy(entropy: float | None, n_filters: int) -> float | None:
+    """H / H_max(m) for an entropy computed on ``n_filters`` filters; None when m < 3.
+
+    None too when ``entropy`` is None (SPEC section 5: H_max(m) <= 0 for m < 3).
+    """
+    if entropy is None or n_filters < 3:
+        return None
+    return entropy / expected_random_entropy(n_filters)
+
+
+def orthogonality(kernels: torch.Tensor) -> float | None:
+    """Orthogonality of a layer from its kernel matrix K, shape (C_out, C_in / groups * 9).
+
+    Rows are scaled to unit L2 norm (a zero row stays zero), G = K K^T, and
+    orthogonality = 1 - sum |G - I| / (C_out (C_out - 1)); None when C_out < 2. As in the
+    paper's formula, a zero row contributes |0 - 1| = 1 from the diagonal (SPEC section 5).
+    """
+    n_out = kernels.shape[0]
+    if n_out < 2:
+        return None
+    # Normalising the Gram matrix instead of K saves a copy of K; the norms come from G's
+    # own diagonal, so a non-zero row's diagonal entry is 1 up to one rounding.
+    gram = kernels @ kernels.T
+    norms = gram.diagonal().sqrt()
+    inverse = torch.where(norms > 0, 1.0 / norms, 0.0)
+    cosines = gram * inverse[:, None] * inverse[None, :]
+    cosines.diagonal().sub_(1.0)
+    return 1.0 - float(cosines.abs().sum()) / (n_out * (n_out - 1))
+
+
+def _kernels_float64(weight: np.ndarray | torch.Tensor, device: str | torch.device) -> torch.Tensor:
+    """The weight as a contiguous float64 (C_out, C_in / groups * 9) tensor on ``device``."""
+    if isinstance(weight, np.ndarray):
+        # A fresh copy: torch.from_numpy refuses negative strides (even on a length-1 axis
+        # of a "contiguous" array) and warns on read-only arrays.
+        weight = torch.from_numpy(np.array(weight, order="C"))
+    if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or weight.numel() == 0:
+        raise ValueError(
+            f"expected a non-empty (C_out, C_in/groups, 3, 3) weight, got {tuple(weight.shape)}"
+        )
+    # Move in the stored dtype (half the bytes of float64), widen on the device.
+    on_device = weight.detach().to(device=device)
+    return on_device.to(torch.float64).contiguous().reshape(weight.shape[0], -1)

@@ -1,0 +1,416 @@
+"""Per-layer metrics (SPEC section 5) against an independent numpy oracle and known answers.
+
+The oracle below is written from the SPEC text alone, without filterdb code: singular
+values of the centred filter matrix for the entropies, explicit loops for orthogonality.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from filterdb.metrics.layer import (
+    EPS_DEPENDENT_METRICS,
+    METRIC_VERSIONS,
+    MetricValue,
+    expected_random_entropy,
+    layer_metrics,
+)
+from filterdb.views import METRIC_COLUMNS
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+ENTROPIES = ("variance_entropy", "variance_entropy_clean", "variance_entropy_scaled")
+LOG10_9 = math.log10(9)
+# Oracle agreement: 1e-6 relative; entropies of rank-deficient sets (m <= 9 filters) are 0
+# up to rounding noise of about 1e-14 on both sides, hence the absolute floor.
+RTOL, ATOL = 1e-6, 1e-9
+
+
+# --- the oracle: SPEC section 5, restated in plain numpy -------------------------------
+
+
+def oracle_entropy(filters: np.ndarray) -> float | None:
+    m = len(filters)
+    if m < 2:
+        return None
+    singular = np.linalg.svd(filters - filters.mean(axis=0), compute_uv=False)
+    variances = singular**2 / (m - 1)
+    if variances.sum() == 0:
+        return 0.0
+    shares = variances / variances.sum()
+    shares = shares[shares > 0]
+    return float(-np.sum(shares * np.log10(shares)))
+
+
+def oracle_norm(entropy: float | None, m: int) -> float | None:
+    if entropy is None or m < 3:
+        return None
+    h_max = 1.2618047 / (1 + np.exp(-0.88767525 * (np.log2(m) - 2.30436435))) - 0.31050834
+    return entropy / h_max
+
+
+def oracle_orthogonality(weight: np.ndarray) -> float | None:
+    c_out = weight.shape[0]
+    if c_out < 2:
+        return None
+    rows = []
+    for row in weight.reshape(c_out, -1):
+        norm = math.sqrt(sum(x * x for x in row))
+        rows.append(row / norm if norm > 0 else row)
+    total = 0.0
+    for i in range(c_out):
+        for j in range(c_out):
+            total += abs(float(np.dot(rows[i], rows[j])) - (1.0 if i == j else 0.0))
+    return 1 - total / (c_out * (c_out - 1))
+
+
+def oracle(weight: np.ndarray, eps: float = 0.01) -> dict[str, tuple[float | None, int]]:
+    """(value, support) per metric, from the SPEC text."""
+    w = np.asarray(weight, dtype=np.float64)
+    filters = w.reshape(-1, 9)
+    layer_max = np.abs(w).max()
+    sparse = np.array([np.abs(f).max() <= eps * layer_max for f in filters])
+    kept = filters[~sparse]
+    scaled = np.array([f / np.abs(f).max() if np.abs(f).max() > 0 else f for f in kept])
+    result = {"sparsity": (sparse.sum() / len(filters), len(filters))}
+    for name, subset in zip(ENTROPIES, (filters, kept, scaled.reshape(-1, 9)), strict=True):
+        entropy = oracle_entropy(subset)
+        result[name] = (entropy, len(subset))
+        result[f"{name}_norm"] = (oracle_norm(entropy, len(subset)), len(subset))
+    result["orthogonality"] = (oracle_orthogonality(w), w.shape[0])
+    result["l1"] = (np.abs(w).sum(), w.size)
+    result["l2"] = (math.sqrt((w * w).sum()), w.size)
+    return result
+
+
+def assert_matches_oracle(weight, *, eps: float = 0.01, device: str = "cpu") -> None:
+    got = layer_metrics(weight, eps=eps, device=device)
+    expected = oracle(np.asarray(torch.as_tensor(weight).cpu()), eps=eps)
+    assert list(got) == list(METRIC_VERSIONS)
+    for name, (value, support) in expected.items():
+        assert got[name].support == support, name
+        if value is None:
+            assert got[name].value is None, name
+        elif name == "sparsity":
+            assert got[name].value == value
+        else:
+            np.testing.assert_allclose(got[name].value, value, rtol=RTOL, atol=ATOL, err_msg=name)
+
+
+def assert_same_metrics(got, expected, *, exact: bool = False, skip=()) -> None:
+    assert got.keys() == expected.keys()
+    for name in got:
+        if name in skip:
+            continue
+        a, b = got[name], expected[name]
+        assert a.support == b.support, name
+        if a.value is None or b.value is None or exact or name == "sparsity":
+            assert a.value == b.value, name
+        else:
+            np.testing.assert_allclose(a.value, b.value, rtol=1e-9, atol=ATOL, err_msg=name)
+
+
+def random_layer(seed: int, c_out: int, c_in: int, n_tiny: int, dtype=np.float32) -> np.ndarray:
+    """Normal weights; the first ``n_tiny`` filters zero or 1e-4 small, so some are sparse."""
+    rng = np.random.default_rng(seed)
+    weight = rng.standard_normal((c_out, c_in, 3, 3))
+    flat = weight.reshape(-1, 9)
+    n_tiny = min(n_tiny, len(flat))
+    flat[:n_tiny] *= rng.choice([0.0, 1e-4], size=(n_tiny, 1))
+    return weight.astype(dtype)
+
+
+layers = st.builds(
+    random_layer,
+    seed=st.integers(0, 2**32 - 1),
+    c_out=st.integers(1, 12),
+    c_in=st.integers(1, 5),
+    n_tiny=st.integers(0, 8),
+    dtype=st.sampled_from([np.float32, np.float64]),
+)
+
+
+# --- registry ------------------------------------------------------------------------------
+
+
+def test_metric_names_are_the_view_columns():
+    assert list(METRIC_VERSIONS) == list(METRIC_COLUMNS)
+    assert all(isinstance(v, int) and v >= 1 for v in METRIC_VERSIONS.values())
+    assert {
+        "sparsity",
+        "variance_entropy_clean",
+        "variance_entropy_clean_norm",
+        "variance_entropy_scaled",
+        "variance_entropy_scaled_norm",
+    } == EPS_DEPENDENT_METRICS
+
+
+@settings(max_examples=30, deadline=None)
+@given(weight=layers, eps=st.sampled_from([0.0, 1e-3, 0.05, 0.3]))
+def test_only_eps_dependent_metrics_change_with_eps(weight, eps):
+    assert_same_metrics(
+        layer_metrics(weight, eps=eps), layer_metrics(weight), skip=EPS_DEPENDENT_METRICS
+    )
+
+
+# --- against the oracle --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=60, deadline=None)
+@given(weight=layers, eps=st.sampled_from([0.01, 1e-5, 0.2]))
+def test_random_layers_match_oracle(device, weight, eps):
+    assert_matches_oracle(weight, eps=eps, device=device)
+
+
+@pytest.fixture(scope="module")
+def trained_convs() -> list[torch.Tensor]:
+    """The 3x3 conv weights of a tiny net after a few SGD steps on random data."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1, groups=2),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 4),
+    )
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 4, (64,))
+    for _ in range(20):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(net(images), labels).backward()
+        optimizer.step()
+    return [m.weight.detach().clone() for m in net if isinstance(m, torch.nn.Conv2d)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_trained_layers_match_oracle(trained_convs, device):
+    for weight in trained_convs:
+        assert_matches_oracle(weight, device=device)
+        pruned = weight.clone()
+        pruned[0] = 0  # one pruned output channel: clean and scaled differ from all filters
+        pruned[1, 0] *= 1e-3
+        assert layer_metrics(pruned)["sparsity"].value > 0
+        assert_matches_oracle(pruned, device=device)
+
+
+# --- known answers -----------------------------------------------------------------------
+
+
+def test_identical_kernels_have_zero_entropy():
+    # Dyadic values and a power-of-two count: the mean is exact, the centred matrix is 0.
+    exact = np.tile(np.arange(-4, 5, dtype=np.float32).reshape(3, 3) / 8, (4, 2, 1, 1))
+    got = layer_metrics(exact)
+    assert got["variance_entropy"].value == 0.0
+    assert got["variance_entropy_norm"].value == 0.0
+    assert got["orthogonality"].value == pytest.approx(0.0, abs=1e-12)  # identical rows
+    # Any kernel: the centred rows are equal, a rank-1 set, so H is 0 up to rounding.
+    kernel = np.random.default_rng(1).standard_normal((3, 3))
+    for name in ENTROPIES:
+        assert layer_metrics(np.tile(kernel, (5, 3, 1, 1)))[name].value == pytest.approx(
+            0.0, abs=1e-12
+        )
+
+
+def test_entropy_of_evenly_spread_filters():
+    basis = np.eye(9).reshape(9, 1, 3, 3)
+    nine_directions = np.concatenate([basis, -basis])  # 18 filters, equal variance on 9 axes
+    assert layer_metrics(nine_directions)["variance_entropy"].value == pytest.approx(LOG10_9)
+    two_directions = np.concatenate([basis[:2], -basis[:2]])
+    assert layer_metrics(two_directions)["variance_entropy"].value == pytest.approx(math.log10(2))
+
+
+def test_orthonormal_kernels_have_orthogonality_one():
+    basis = np.eye(9).reshape(9, 1, 3, 3)
+    assert layer_metrics(basis)["orthogonality"].value == 1.0
+    # Orthogonal rows of any length stay orthogonal after normalisation.
+    q, _ = np.linalg.qr(np.random.default_rng(2).standard_normal((18, 5)))
+    rows = q.T * np.array([[0.5], [3.0], [1.0], [7.0], [0.01]])
+    assert layer_metrics(rows.reshape(5, 2, 3, 3))["orthogonality"].value == pytest.approx(1.0)
+
+
+def test_zero_rows_add_one_each_to_orthogonality():
+    rows = np.zeros((3, 1, 3, 3))
+    rows[0, 0, 0, 0] = rows[1, 0, 1, 1] = 2.0  # two orthogonal rows and a zero row
+    # |G - I| sums to 1 (the zero row's diagonal): 1 - 1 / (3 * 2)
+    assert layer_metrics(rows)["orthogonality"].value == pytest.approx(1 - 1 / 6)
+
+
+@pytest.mark.parametrize("c_out", [2, 3, 7])
+def test_all_zero_layer(c_out):
+    got = layer_metrics(torch.zeros(c_out, 2, 3, 3))
+    assert got["sparsity"] == MetricValue(1.0, 2 * c_out)
+    # G = 0, so |G - I| sums to C_out: orthogonality = 1 - C_out / (C_out (C_out - 1)).
+    assert got["orthogonality"].value == pytest.approx(1 - 1 / (c_out - 1), abs=1e-15)
+    assert got["variance_entropy"] == MetricValue(0.0, 2 * c_out)  # sum(v) = 0 -> H = 0
+    assert math.copysign(1.0, got["variance_entropy"].value) == 1.0  # 0.0, not -0.0
+    for name in ("variance_entropy_clean", "variance_entropy_scaled"):
+        assert got[name] == MetricValue(None, 0)  # every filter is sparse
+        assert got[f"{name}_norm"] == MetricValue(None, 0)
+    assert got["l1"] == MetricValue(0.0, 18 * c_out)
+    assert got["l2"] == MetricValue(0.0, 18 * c_out)
+
+
+@pytest.mark.parametrize(
+    ("c_out", "c_in", "entropy_is_null", "norm_is_null"),
+    [(1, 1, True, True), (2, 1, False, True), (1, 2, False, True), (3, 1, False, False)],
+)
+def test_small_filter_counts_are_null(c_out, c_in, entropy_is_null, norm_is_null):
+    weight = np.random.default_rng(3).standard_normal((c_out, c_in, 3, 3))
+    got = layer_metrics(weight)
+    for name in ENTROPIES:
+        assert (got[name].value is None) == entropy_is_null
+        assert (got[f"{name}_norm"].value is None) == norm_is_null
+        assert got[name].support == c_out * c_in
+    assert (got["orthogonality"].value is None) == (c_out < 2)
+    assert got["sparsity"] == MetricValue(0.0, c_out * c_in)
+
+
+def test_expected_random_entropy():
+    # H_max(m) <= 0 below 3 filters (why the _norm variants are NULL there), positive from 3,
+    # and it approaches L + b = 0.9513, just under log10 9, for many filters.
+    assert expected_random_entropy(1) < 0 and expected_random_entropy(2) < 0
+    assert expected_random_entropy(3) > 0
+    assert expected_random_entropy(9) == pytest.approx(
+        1.2618047 / (1 + math.exp(-0.88767525 * (math.log2(9) - 2.30436435))) - 0.31050834,
+        rel=1e-14,
+    )
+    assert expected_random_entropy(2**30) == pytest.approx(1.2618047 - 0.31050834, abs=1e-6)
+
+
+def layer_with_peaks(peaks: list[float], dtype) -> np.ndarray:
+    """One filter per peak, (len(peaks), 1, 3, 3): the peak sits at a corner, signs alternate."""
+    weight = np.zeros((len(peaks), 1, 3, 3), dtype=dtype)
+    for i, peak in enumerate(peaks):
+        weight[i, 0, 0, 0] = peak if i % 2 else -peak
+        weight[i, 0, 2, 2] = peak / 4  # smaller entries do not matter
+    return weight
+
+
+def test_sparsity_counts_filters_at_most_eps_times_layer_max():
+    # float64 weights: the implementation's threshold is the float64 product eps * max, so
+    # a filter whose peak is that very product sits exactly on it. 0.01 is not exact in
+    # binary, but 0.01 * 2.0 is computed exactly, and the layer max is at a negative weight.
+    eps, layer_max = 0.01, 2.0
+    at = eps * layer_max
+    above = np.nextafter(at, np.inf)
+    peaks = [0.0, at, at / 3, above, layer_max, 1.0, 0.5, above * 10]  # 3 of 8 sparse
+    weight = layer_with_peaks(peaks, np.float64)
+    assert weight.min() == -layer_max
+    assert layer_metrics(weight, eps=eps)["sparsity"] == MetricValue(3 / 8, 8)
+    assert_matches_oracle(weight, eps=eps)
+    # "Less than" (CNN Filter DB) would not count the filter exactly at the threshold.
+    assert layer_metrics(layer_with_peaks([at, layer_max], np.float64), eps=eps)[
+        "sparsity"
+    ].value == pytest.approx(1 / 2)
+
+
+def test_sparsity_threshold_for_float32_weights():
+    # float32 weights widen exactly to float64. With eps = 2**-7 and layer max 1 the
+    # threshold is a float32 value, so a float32 filter can sit exactly on it.
+    eps = 2.0**-7
+    at = np.float32(eps)
+    above = np.nextafter(at, np.float32(1))
+    weight = layer_with_peaks([at, above, 1.0, 0.0], np.float32)
+    assert layer_metrics(weight, eps=eps)["sparsity"].value == 2 / 4
+    # eps = 0.01 has no float32 twin: float32(0.01) lies below the float64 threshold 0.01
+    # and counts as sparse, the next float32 above it does not.
+    near = np.float32(0.01)
+    assert float(near) < 0.01
+    weight = layer_with_peaks([near, np.nextafter(near, np.float32(1)), 1.0], np.float32)
+    assert layer_metrics(weight, eps=0.01)["sparsity"].value == 1 / 3
+
+
+def test_bad_input_is_refused():
+    with pytest.raises(ValueError, match="3, 3"):
+        layer_metrics(np.zeros((4, 2, 5, 5)))
+    with pytest.raises(ValueError, match="3, 3"):
+        layer_metrics(np.zeros((0, 2, 3, 3)))
+    with pytest.raises(ValueError, match="eps"):
+        layer_metrics(np.ones((2, 2, 3, 3)), eps=-0.1)
+
+
+# --- properties ------------------------------------------------------------------------
+
+
+@settings(max_examples=40, deadline=None)
+@given(weight=layers, scale=st.floats(1e-3, 1e3))
+def test_positive_scaling_changes_only_norms(weight, scale):
+    weight = weight.astype(np.float64)
+    got, base = layer_metrics(weight * scale), layer_metrics(weight)
+    assert_same_metrics(got, base, skip={"l1", "l2"})
+    for name in ("l1", "l2"):
+        np.testing.assert_allclose(got[name].value, base[name].value * scale, rtol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(weight=layers, data=st.data())
+def test_channel_permutations_and_kernel_rotations_change_nothing(weight, data):
+    c_out, c_in = weight.shape[:2]
+    out_order = data.draw(st.permutations(range(c_out)))
+    in_order = data.draw(st.permutations(range(c_in)))
+    base = layer_metrics(weight)
+    assert_same_metrics(layer_metrics(weight[out_order][:, in_order]), base)
+    # Rotating every kernel the same way permutes the nine weight columns of all filters.
+    assert_same_metrics(layer_metrics(np.rot90(weight, axes=(2, 3))), base)
+
+
+@settings(max_examples=40, deadline=None)
+@given(weight=layers, data=st.data())
+def test_sparsity_and_entropy_depend_only_on_the_set_of_filters(weight, data):
+    filters = weight.reshape(-1, 9)
+    order = data.draw(st.permutations(range(len(filters))))
+    shuffled = filters[order].reshape(-1, 1, 3, 3)  # other rows, other C_out
+    base, got = layer_metrics(weight), layer_metrics(shuffled)
+    assert_same_metrics(got, base, skip={"orthogonality", "l1", "l2"})
+
+
+@settings(max_examples=40, deadline=None)
+@given(weight=layers)
+def test_entropy_lies_between_zero_and_log10_9(weight):
+    for name, metric in layer_metrics(weight).items():
+        if name in ENTROPIES and metric.value is not None:
+            assert -1e-15 <= metric.value <= LOG10_9 + 1e-12
+
+
+@settings(max_examples=30, deadline=None)
+@given(weight=layers)
+def test_strides_and_containers_do_not_matter(weight):
+    flipped = weight[::-1].copy()  # .copy(): a length-1 axis may keep a negative stride
+    base = layer_metrics(flipped)
+    tensor = torch.from_numpy(flipped)
+    variants = [
+        weight[::-1],  # negative strides
+        tensor,
+        tensor.transpose(0, 1).contiguous().transpose(0, 1),  # permuted strides
+        torch.from_numpy(flipped.transpose(3, 2, 1, 0).copy()).permute(3, 2, 1, 0),
+    ]
+    read_only = flipped.copy()
+    read_only.flags.writeable = False
+    variants.append(read_only)
+    for variant in variants:
+        assert_same_metrics(layer_metrics(variant), base, exact=True)
+    # A sliced view (every other output channel) equals its compact copy.
+    assert_same_metrics(
+        layer_metrics(tensor[::2]), layer_metrics(tensor[::2].contiguous()), exact=True
+    )
+
+
+@settings(max_examples=30, deadline=None)
+@given(weight=layers, dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16]))
+def test_narrow_floats_give_the_results_of_their_float64_values(weight, dtype):
+    narrow = torch.from_numpy(weight).to(dtype)
+    assert_same_metrics(layer_metrics(narrow), layer_metrics(narrow.double()), exact=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(trained_convs):
+    for weight in trained_convs:
+        assert_same_metrics(layer_metrics(weight.cuda(), device="cuda"), layer_metrics(weight))

@@ -1,0 +1,191 @@
+"""Metrics from the database agree with an independent oracle; the cache computes only once."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from test_layer_metrics import oracle
+from typer.testing import CliRunner
+
+import filterdb
+from cli.main import app
+from filterdb import cache, check
+from filterdb.database import engine_for, read_frame
+from filterdb.ingest import ingest
+from filterdb.metrics import layer as layer_metrics_module
+from filterdb.sources.base import TrainingInfo
+from filterdb.sources.checkpoint import checkpoint_candidate
+from filterdb.views import DEPTH_BIN_LABELS, METRIC_COLUMNS
+
+runner = CliRunner()
+METRIC_RTOL = 1e-6
+
+
+def trained_state_dict(seed: int) -> dict[str, torch.Tensor]:
+    """A tiny CNN trained for a few steps on random data: real, non-random weights."""
+    torch.manual_seed(seed)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 12, 3, padding=1, groups=4),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(12, 6, 3, padding=1),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(6, 3),
+    )
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
+    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 3, (64,))
+    for _ in range(20):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(net(images), labels).backward()
+        optimiser.step()
+    state = net.state_dict()
+    # A sparse corner: filters far below 1% of the layer max, one exactly at the threshold.
+    state["2.weight"][:3] *= 1e-4
+    return state
+
+
+@pytest.fixture
+def stored_models(db_url, tmp_path) -> dict[str, dict[str, torch.Tensor]]:
+    models = {}
+    for seed, name, training in ((0, "normal-a", "normal"), (1, "robust-a", "adversarial")):
+        state = trained_state_dict(seed)
+        path = tmp_path / f"{name}.pt"
+        torch.save(state, path)
+        info = TrainingInfo(training_type=training, training_dataset="toy")
+        ingest(checkpoint_candidate(path, name=name, training=info), url=db_url, device="cpu")
+        models[name] = state
+    return models
+
+
+def cached_values(url: str) -> pl.DataFrame:
+    with engine_for(url) as engine, engine.connect() as connection:
+        return read_frame(
+            connection,
+            "SELECT layer_id, metric, params, version, value, support, computed_at "
+            "FROM metric_cache ORDER BY layer_id, metric",
+        )
+
+
+def test_layer_metrics_match_the_oracle_on_both_backends(db_url, stored_models):
+    result = filterdb.connect(db_url).compute_metrics(device="cpu")
+    assert result.n_layers == 6 and result.n_values == 6 * len(METRIC_COLUMNS)
+    frame = filterdb.connect(db_url).layer_metrics()
+    for row in frame.iter_rows(named=True):
+        weight = stored_models[row["model_name"]][f"{row['layer_name']}.weight"].numpy()
+        for metric, (expected, _) in oracle(weight).items():
+            if expected is None:
+                assert row[metric] is None, metric
+            else:
+                assert row[metric] == pytest.approx(expected, rel=METRIC_RTOL), metric
+    assert check.check(db_url) == []
+
+
+def test_second_run_computes_nothing(db_url, stored_models):
+    cache.compute_metrics(db_url, device="cpu")
+    before = cached_values(db_url)
+    result = runner.invoke(app, ["--db", db_url, "metrics", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "nothing to compute" in result.output
+    assert cached_values(db_url).equals(before)
+
+
+def test_model_option_limits_the_work(db_url, stored_models):
+    result = cache.compute_metrics(db_url, models=["robust-a"], device="cpu")
+    assert (result.n_models, result.n_layers) == (1, 3)
+    frame = filterdb.connect(db_url).layer_metrics()
+    assert frame.filter(pl.col("model_name") == "normal-a")["sparsity"].is_null().all()
+    with pytest.raises(filterdb.errors.FilterdbError, match="no stored model named nope"):
+        cache.compute_metrics(db_url, models=["nope"])
+
+
+def test_force_reingest_invalidates_the_models_cache(db_url, stored_models, tmp_path):
+    cache.compute_metrics(db_url, device="cpu")
+    changed = {k: v * 2 for k, v in stored_models["robust-a"].items()}
+    torch.save(changed, tmp_path / "robust-a.pt")
+    ingest(checkpoint_candidate(tmp_path / "robust-a.pt"), url=db_url, force=True)
+    frame = filterdb.connect(db_url).layer_metrics()
+    assert frame.filter(pl.col("model_name") == "robust-a")["l1"].is_null().all()
+    assert frame.filter(pl.col("model_name") == "normal-a")["l1"].is_not_null().all()
+    result = cache.compute_metrics(db_url, device="cpu")
+    assert (result.n_models, result.n_layers) == (1, 3)
+    assert check.check(db_url) == []
+
+
+def test_bumped_version_recomputes_only_that_metric(db_url, stored_models, monkeypatch):
+    cache.compute_metrics(db_url, device="cpu")
+    before = cached_values(db_url)
+    bumped = {**layer_metrics_module.METRIC_VERSIONS, "orthogonality": 2}
+    monkeypatch.setattr(cache, "METRIC_VERSIONS", bumped)
+    result = cache.compute_metrics(db_url, device="cpu")
+    assert result.n_values == 6
+    after = cached_values(db_url)
+    assert after.height == before.height  # the old version was replaced, not kept beside
+    unchanged = pl.col("metric") != "orthogonality"
+    assert after.filter(unchanged).equals(before.filter(unchanged))
+    assert set(after.filter(~unchanged)["version"]) == {2}
+
+
+def test_recompute_and_eps_are_part_of_the_key(db_url, stored_models):
+    cache.compute_metrics(db_url, device="cpu")
+    result = cache.compute_metrics(db_url, eps=0.05, device="cpu")
+    # Only the five metrics that use the threshold are new for eps 0.05.
+    assert result.n_values == 6 * 5
+    assert cache.compute_metrics(db_url, recompute=True, device="cpu").n_values == 60
+    params = set(cached_values(db_url)["params"])
+    assert params == {"", "eps=0.01", "eps=0.05"}
+
+
+def independent_depth_profile(models, frame_layers) -> dict[tuple[str, str], dict]:
+    """Per (model, bin): pooled metrics from the oracle, with SPEC's weights, no filterdb."""
+    pooled: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for layer in frame_layers.iter_rows(named=True):
+        depth, top = layer["conv_depth"], layer["max_conv_depth"]
+        index = 0 if depth == 0 else math.ceil(10 * depth / top)
+        key = (layer["model_name"], DEPTH_BIN_LABELS[index])
+        weight = models[layer["model_name"]][f"{layer['layer_name']}.weight"].numpy()
+        for metric, (value, support) in oracle(weight).items():
+            if metric in ("l1", "l2") or value is None:
+                continue
+            sums = pooled.setdefault(key, {}).setdefault(metric, [0.0, 0.0])
+            sums[0] += value * support
+            sums[1] += support
+    return {key: {m: a / b for m, (a, b) in sums.items()} for key, sums in pooled.items()}
+
+
+def test_depth_profile_pools_layers_with_specs_weights(db_url, stored_models):
+    cache.compute_metrics(db_url, device="cpu")
+    with engine_for(db_url) as engine, engine.connect() as connection:
+        layers = read_frame(
+            connection,
+            "SELECT v.model_name, v.layer_name, v.conv_depth, m.max_conv_depth "
+            "FROM v_layers v JOIN model m ON m.model_id = v.model_id",
+        )
+    expected = independent_depth_profile(stored_models, layers)
+    profile = filterdb.connect(db_url).depth_profile()
+    assert {(r["model_name"], r["depth_bin"]) for r in profile.iter_rows(named=True)} == set(
+        expected
+    )
+    for row in profile.iter_rows(named=True):
+        for metric, value in expected[(row["model_name"], row["depth_bin"])].items():
+            assert row[metric] == pytest.approx(value, rel=METRIC_RTOL), metric
+
+
+def test_query_through_the_cli_matches_the_api(db_url, stored_models, tmp_path):
+    cache.compute_metrics(db_url, device="cpu")
+    out = tmp_path / "metrics.csv"
+    sql = (
+        "SELECT model_name, layer_name, sparsity, variance_entropy, orthogonality "
+        "FROM v_layer_metrics"
+    )
+    result = runner.invoke(app, ["--db", db_url, "query", sql, "--format", "csv", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    from_cli = pl.read_csv(out).sort(["model_name", "layer_name"])
+    from_api = filterdb.connect(db_url).query(sql).sort(["model_name", "layer_name"])
+    assert from_cli["variance_entropy"].to_list() == from_api["variance_entropy"].to_list()
+    assert np.isfinite(from_cli["orthogonality"].to_numpy()).all()
