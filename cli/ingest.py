@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from cli.options import database_url
 from cli.output import console, err_console, one_line_errors
 from cli.progress import ingest_progress
 from filterdb.errors import FilterdbError
@@ -163,8 +164,6 @@ def run_ingest(
     missing: list[str] = (),
 ) -> None:
     """Ingest ``candidates``, print one line per model, exit 1 when any failed or missed."""
-    from cli.main import database_url
-
     with one_line_errors(), ingest_progress(len(candidates), quiet=quiet) as on_progress:
         results, failures = ingest_all(
             candidates,

@@ -6,12 +6,13 @@ in this package.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from cli import analysis, demo, export, report
 from cli import ingest as ingest_cli
+from cli.options import FormatOption, OutputOption, database_url
 from cli.output import (
     OutputFormat,
     console,
@@ -27,14 +28,6 @@ from filterdb.database import URL_ENVIRONMENT_VARIABLE
 from filterdb.query import run_query
 from filterdb.views import DEFAULT_SPARSITY_EPS, METRIC_COLUMNS
 
-FormatOption = Annotated[
-    OutputFormat,
-    typer.Option("--format", help="table for people; csv, json, parquet, markdown for programs."),
-]
-OutputOption = Annotated[
-    Path | None, typer.Option("--output", "-o", help="Write to FILE instead of the terminal.")
-]
-
 app = typer.Typer(
     help="A data warehouse of trained 3x3 convolution filters.",
     no_args_is_help=True,
@@ -44,6 +37,9 @@ app = typer.Typer(
 db_app = typer.Typer(help="Schema migrations (Alembic) of the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_cli.app, name="ingest")
+# Modules whose commands sit at the top level (filterdb pca, filterdb export, ...).
+for commands in (analysis.app, report.app, export.app, demo.app):
+    app.add_typer(commands)
 
 
 @app.callback()
@@ -60,11 +56,6 @@ def main_options(
 ) -> None:
     """A data warehouse of trained 3x3 convolution filters."""
     context.obj = db
-
-
-def database_url(context: typer.Context) -> str | None:
-    """The ``--db`` value of the top-level command."""
-    return context.find_root().obj
 
 
 @app.command()

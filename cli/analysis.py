@@ -1,0 +1,5 @@
+"""Commands: filled in by the analysis work."""
+
+import typer
+
+app = typer.Typer()

@@ -1,0 +1,5 @@
+"""Commands: filled in by the export work."""
+
+import typer
+
+app = typer.Typer()

@@ -1,0 +1,24 @@
+"""Options shared by several commands, and the global ``--db`` value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.output import OutputFormat
+
+
+def database_url(context: typer.Context) -> str | None:
+    """The ``--db`` value given to the top-level command (``None``: the default)."""
+    return context.find_root().obj
+
+
+FormatOption = Annotated[
+    OutputFormat,
+    typer.Option("--format", help="table for people; csv, json, parquet, markdown for programs."),
+]
+OutputOption = Annotated[
+    Path | None, typer.Option("--output", "-o", help="Write to FILE instead of the terminal.")
+]

@@ -1,0 +1,5 @@
+"""Commands: filled in by the report work."""
+
+import typer
+
+app = typer.Typer()
