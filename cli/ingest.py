@@ -16,6 +16,7 @@ from filterdb.ingest import IngestResult, ingest_all
 from filterdb.sources import checkpoint as checkpoint_source
 from filterdb.sources import leaderboard, onnx_file
 from filterdb.sources.base import Candidate, TrainingInfo
+from filterdb.zoo import DEFAULT_MODEL_DIR, zoo_selection
 
 app = typer.Typer(help="Store every 3x3 filter of a model.", no_args_is_help=True)
 
@@ -42,6 +43,10 @@ NonfiniteOption = Annotated[
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 NameOption = Annotated[str | None, typer.Option(help="Model name (default: the file name).")]
+ArchitectureOption = Annotated[
+    str | None,
+    typer.Option(help="Architecture name stored for pairing and grouping (default: --arch)."),
+]
 TrainingDatasetOption = Annotated[
     str | None, typer.Option(help="Dataset the model was trained on, e.g. cifar10.")
 ]
@@ -90,6 +95,7 @@ def checkpoint(
         ),
     ] = None,
     name: NameOption = None,
+    architecture: ArchitectureOption = None,
     training_dataset: TrainingDatasetOption = None,
     training: TrainingOption = Training.normal,
     threat_model: ThreatOption = None,
@@ -108,7 +114,7 @@ def checkpoint(
             training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
         )
         candidate = checkpoint_source.checkpoint_candidate(
-            path, name=name, arch=arch, training=info
+            path, name=name, arch=arch, architecture=architecture, training=info
         )
     run_ingest(
         context,
@@ -177,6 +183,8 @@ def run_ingest(
         console.print(summary_line(result))
     for line in missing:
         err_console.print(f"missing: {line}", markup=False, soft_wrap=True)
+    if missing:
+        err_console.print(f"{len(missing)} checkpoints missing, {len(results)} models stored")
     report_failures(failures, single=len(candidates) == 1 and not missing)
     if missing:
         raise typer.Exit(1)
@@ -200,3 +208,67 @@ def report_failures(failures: list[tuple[str, FilterdbError]], *, single: bool) 
         err_console.print(f"{prefix}{error}", markup=False, soft_wrap=True)
     if failures:
         raise typer.Exit(1)
+
+
+class Dataset(StrEnum):
+    cifar10 = "cifar10"
+    cifar100 = "cifar100"
+    imagenet = "imagenet"
+
+
+class ThreatModel(StrEnum):
+    Linf = "Linf"
+    L2 = "L2"
+    corruptions = "corruptions"
+
+
+ModelDirOption = Annotated[
+    Path, typer.Option(help="robustbench's cache: DIR/<dataset>/<threat>/<name>.pt.")
+]
+ModelInfoOption = Annotated[
+    str | None,
+    typer.Option(help="RobustBench's model_info tree (directory or URL) for leaderboard data."),
+]
+
+
+@app.command()
+def robustbench(
+    context: typer.Context,
+    dataset: Annotated[Dataset, typer.Option(help="Training dataset of the zoo entries.")],
+    threat_model: Annotated[ThreatModel, typer.Option(help="Zoo threat model.")] = (
+        ThreatModel.Linf
+    ),
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Zoo entry name (repeatable).")
+    ] = None,
+    every: Annotated[
+        bool, typer.Option("--all", help="Every zoo entry; missing checkpoints are skipped.")
+    ] = False,
+    model_dir: ModelDirOption = DEFAULT_MODEL_DIR,
+    model_info: ModelInfoOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store RobustBench zoo entries from robustbench's cache layout (offline)."""
+    if bool(model) == every:
+        err_console.print("error: give one or more --model NAME, or --all")
+        raise typer.Exit(2)
+    with one_line_errors():
+        selection = zoo_selection(
+            dataset=dataset.value,
+            threat_model=threat_model.value,
+            names=None if every else model,
+            model_dir=model_dir,
+            model_info=model_info,
+        )
+    run_ingest(
+        context,
+        selection.candidates,
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+        missing=selection.missing,
+    )

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from cli import analysis, demo, export, report
+from cli import analysis, demo, export, leaderboard, report
 from cli import ingest as ingest_cli
 from cli.options import FormatOption, OutputOption, database_url
 from cli.output import (
@@ -37,6 +37,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Schema migrations (Alembic) of the database.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(ingest_cli.app, name="ingest")
+app.add_typer(leaderboard.app, name="leaderboard")
 # Modules whose commands sit at the top level (filterdb pca, filterdb export, ...).
 for commands in (analysis.app, report.app, export.app, demo.app):
     app.add_typer(commands)

@@ -53,14 +53,19 @@ def read_checkpoint(
     *,
     name: str | None = None,
     arch: str | None = None,
+    architecture: str | None = None,
     training: TrainingInfo | None = None,
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
 ) -> ModelSource:
-    """A :class:`ModelSource` for a state_dict file, optionally with an architecture."""
+    """A :class:`ModelSource` for a state_dict file, optionally with an architecture.
+
+    ``arch`` builds the network (for graph depth); ``architecture`` is the name stored for
+    pairing and grouping (default: ``arch``).
+    """
     state_dict = load_state_dict(path)
     if arch is None:
         convs = convs_in_key_order(state_dict)
-        depth_method, n_unreached, architecture, family = "key_order", 0, None, None
+        depth_method, n_unreached, arch_name, family = "key_order", 0, None, None
     else:
         module = build_architecture(arch, state_dict, checkpoint=path)
         from filterdb.sources.torch_graph import trace_convs
@@ -68,12 +73,12 @@ def read_checkpoint(
         traced = trace_convs(module, input_shape=input_shape)
         convs, depth_method = traced.convs, traced.depth_method
         n_unreached = traced.n_unreached_convs
-        architecture, family = arch, type(module).__name__
+        arch_name, family = arch, type(module).__name__
     info = ModelInfo(
         name=name or path.stem,
         source="checkpoint",
         source_uri=str(path),
-        architecture=architecture,
+        architecture=architecture or arch_name,
         family=family,
         n_parameters=parameter_count(state_dict),
         producer=f"torch {torch.__version__}",
@@ -174,6 +179,7 @@ def checkpoint_candidate(
     *,
     name: str | None = None,
     arch: str | None = None,
+    architecture: str | None = None,
     training: TrainingInfo | None = None,
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
 ) -> Candidate:
@@ -185,6 +191,11 @@ def checkpoint_candidate(
         source="checkpoint",
         paths=[path],
         read=lambda: read_checkpoint(
-            path, name=name, arch=arch, training=training, input_shape=input_shape
+            path,
+            name=name,
+            arch=arch,
+            architecture=architecture,
+            training=training,
+            input_shape=input_shape,
         ),
     )
