@@ -13,8 +13,10 @@ building the views they shipped with.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from sqlalchemy.engine import Connection
+if TYPE_CHECKING:  # views.py stays importable without a database driver
+    from sqlalchemy.engine import Connection
 
 DEPTH_BIN_COUNT = 10
 FIRST_BIN = "first"
