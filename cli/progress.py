@@ -6,7 +6,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 
 from cli.output import err_console
 from filterdb.cache import ComputeProgress
@@ -14,18 +21,29 @@ from filterdb.ingest import IngestEvent, ProgressCallback
 
 
 @contextmanager
-def ingest_progress(total_models: int, *, quiet: bool) -> Iterator[ProgressCallback | None]:
-    """Yield a callback drawing the bars, or ``None`` when quiet or not on a terminal."""
+def bars(*columns: ProgressColumn, quiet: bool) -> Iterator[Progress | None]:
+    """Rich progress bars on stderr, or ``None`` when quiet or stderr is not a terminal."""
     if quiet or not sys.stderr.isatty():
         yield None
         return
-    columns = (
+    with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        TextColumn("{task.fields[phase]}"),
+        *columns,
         TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as progress:
+        console=err_console,
+        transient=True,
+    ) as progress:
+        yield progress
+
+
+@contextmanager
+def ingest_progress(total_models: int, *, quiet: bool) -> Iterator[ProgressCallback | None]:
+    """Yield a callback drawing a bar per model and one overall, or ``None`` (quiet)."""
+    with bars(TextColumn("{task.fields[phase]}"), quiet=quiet) as progress:
+        if progress is None:
+            yield None
+            return
         overall = progress.add_task("all models", total=total_models, phase="")
         per_model: dict[str, int] = {}
 
@@ -45,17 +63,11 @@ def ingest_progress(total_models: int, *, quiet: bool) -> Iterator[ProgressCallb
 
 @contextmanager
 def compute_progress(*, quiet: bool) -> Iterator[Callable[[ComputeProgress], None] | None]:
-    """Yield a callback drawing one bar over the layers to compute, or ``None``."""
-    if quiet or not sys.stderr.isatty():
-        yield None
-        return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=err_console, transient=True) as progress:
+    """Yield a callback drawing one bar over the layers to compute, or ``None`` (quiet)."""
+    with bars(MofNCompleteColumn(), quiet=quiet) as progress:
+        if progress is None:
+            yield None
+            return
         task = progress.add_task("metrics", total=None)
 
         def on_progress(event: ComputeProgress) -> None:
