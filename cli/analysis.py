@@ -1,5 +1,95 @@
-"""Commands: filled in by the analysis work."""
+"""Commands ``filterdb pca`` and ``filterdb drift``: eigen-filters and KL drift (SPEC section 5)."""
 
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import polars as pl
 import typer
 
+from cli.options import database_url
+from cli.output import OutputFormat, emit_frame, err_console, one_line_errors
+from filterdb import analysis
+from filterdb.groups import GROUPING_COLUMNS
+from filterdb.views import DEFAULT_SPARSITY_EPS
+
 app = typer.Typer()
+
+
+class ResultFormat(StrEnum):
+    table = "table"
+    csv = "csv"
+    json = "json"
+
+
+FormatOption = Annotated[
+    ResultFormat,
+    typer.Option("--format", help="table (rounded) for people; csv or json (full precision)."),
+]
+OutDirOption = Annotated[
+    Path | None, typer.Option("--out", help="Also write CSV, JSON and PNG files into DIR.")
+]
+EpsOption = Annotated[
+    float, typer.Option("--eps", help="Sparsity threshold (share of the layer max).")
+]
+
+
+@app.command("pca")
+def pca(
+    context: typer.Context,
+    group: Annotated[
+        str,
+        typer.Option(
+            "--group",
+            help="all, robust, normal, model=NAME, depth=BIN, dataset=NAME or architecture=NAME.",
+        ),
+    ],
+    eps: EpsOption = DEFAULT_SPARSITY_EPS,
+    fmt: FormatOption = ResultFormat.table,
+    out: OutDirOption = None,
+) -> None:
+    """PCA eigen-filters of a group: components, explained variance, cumulative ratio."""
+    with one_line_errors():
+        result = analysis.pca_group(database_url(context), group=group, eps=eps)
+        written = analysis.write_pca(result, out) if out else []
+    title = f"PCA of {group}: {result.n_filters:,} non-sparse filters"
+    _emit(analysis.pca_frame(result), analysis.pca_json(result), fmt, title=title)
+    _report_written(written)
+
+
+@app.command("drift")
+def drift(
+    context: typer.Context,
+    by: Annotated[str, typer.Option("--by", help=" | ".join(GROUPING_COLUMNS))],
+    eps: EpsOption = DEFAULT_SPARSITY_EPS,
+    fmt: FormatOption = ResultFormat.table,
+    out: OutDirOption = None,
+) -> None:
+    """KL drift between every two groups, on one basis fitted on their union."""
+    title = f"KL drift by {by}"
+    with one_line_errors():
+        result = analysis.drift(database_url(context), by=by, eps=eps)
+        written = analysis.write_drift(result, out, title=title) if out else []
+    frame = analysis.drift_frame(result)
+    if fmt is ResultFormat.table:  # people also want each group's size
+        frame = frame.insert_column(1, pl.Series("n_filters", result.n_filters))
+    _emit(frame, analysis.drift_json(result), fmt, title=title)
+    if result.skipped:
+        err_console.print(f"skipped, no non-sparse filter: {', '.join(result.skipped)}")
+    _report_written(written)
+
+
+def _emit(frame: pl.DataFrame, document: str, fmt: ResultFormat, *, title: str) -> None:
+    """Table or CSV of ``frame`` (what the .csv file holds), or the JSON ``document``."""
+    if fmt is ResultFormat.json:
+        sys.stdout.write(document + "\n")
+    else:
+        emit_frame(frame, OutputFormat(fmt.value), None, title=title)
+
+
+def _report_written(paths: list[Path]) -> None:
+    for path in paths:
+        err_console.print(f"wrote {path}", highlight=False, soft_wrap=True)

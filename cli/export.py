@@ -1,5 +1,55 @@
-"""Commands: filled in by the export work."""
+"""``filterdb export``: the filters as CNN Filter DB HDF5, or as Parquet partitioned by model."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from cli.options import database_url
+from cli.output import console, one_line_errors
+from filterdb.export import export_hdf5, export_parquet
+
 app = typer.Typer()
+
+
+class ExportFormat(StrEnum):
+    hdf5 = "hdf5"
+    parquet = "parquet"
+
+
+EXPORTERS = {ExportFormat.hdf5: export_hdf5, ExportFormat.parquet: export_parquet}
+
+
+@app.command("export")
+def export(
+    context: typer.Context,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", help="HDF5 file, or directory for Parquet (one model_id=<id>/ per model)."
+        ),
+    ],
+    fmt: Annotated[
+        ExportFormat,
+        typer.Option(
+            "--format", help="hdf5: the CNN Filter DB layout; parquet: v_filters rows by model."
+        ),
+    ] = ExportFormat.hdf5,
+    model: Annotated[
+        list[str] | None, typer.Option("--model", help="Only this model (repeatable).")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUT when it exists.")] = False,
+) -> None:
+    """Write the stored filters for other tools: CNN Filter DB notebooks, DuckDB, Polars."""
+    with one_line_errors():
+        result = EXPORTERS[fmt](database_url(context), out=out, models=model, overwrite=overwrite)
+    console.print(
+        f"wrote {result.n_filters:,} filters of {result.n_layers:,} layers "
+        f"({result.n_models} model{'' if result.n_models == 1 else 's'}) to {result.path}",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
