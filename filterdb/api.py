@@ -9,9 +9,11 @@ from __future__ import annotations
 import polars as pl
 import torch
 
-from filterdb import cache, inventory, query
+from filterdb import analysis, cache, inventory, query
+from filterdb.analysis import GroupPCA
 from filterdb.cache import ComputeResult
 from filterdb.database import resolve_url
+from filterdb.metrics.drift import DriftMatrix
 from filterdb.views import DEFAULT_SPARSITY_EPS
 
 
@@ -46,6 +48,14 @@ class FilterDB:
     def depth_profile(self, model: str | None = None) -> pl.DataFrame:
         """Each metric per model and depth bin, pooled as SPEC section 5 says."""
         return cache.depth_profile(self.url, models=None if model is None else [model])
+
+    def pca(self, group: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> GroupPCA:
+        """PCA eigen-filters of a group: all, robust, normal, model=NAME, depth=BIN, ..."""
+        return analysis.pca_group(self.url, group=group, eps=eps)
+
+    def drift(self, by: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> DriftMatrix:
+        """KL drift matrix between groups: depth, training_type, architecture, model, ..."""
+        return analysis.drift(self.url, by=by, eps=eps)
 
     def compute_metrics(
         self,
