@@ -12,13 +12,15 @@ import polars as pl
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from filterdb.errors import FilterdbError
 
 # Piped output is read by programs or saved: do not squeeze tables into 80 columns.
 PIPED_WIDTH = 200
-console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH)
+# No emoji codes: ":x:" in a user's path or model name must print as written.
+console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH, emoji=False)
+err_console = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH, emoji=False)
 
 
 @contextmanager
@@ -50,7 +52,8 @@ def print_frame(frame: pl.DataFrame, *, title: str | None = None, empty: str = "
         numeric = frame.schema[column].is_numeric()
         table.add_column(column, justify="right" if numeric else "left")
     for row in frame.iter_rows():
-        table.add_row(*(format_cell(value) for value in row))
+        # Text cells: a "[...]" in a model name is data, not rich markup.
+        table.add_row(*(Text(format_cell(value)) for value in row))
     console.print(table)
 
 

@@ -1,5 +1,105 @@
-"""Commands: filled in by the report work."""
+"""Commands: ``filterdb report robust-vs-normal`` and ``filterdb compare``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
+from cli.options import FormatOption, OutputOption, database_url
+from cli.output import (
+    OutputFormat,
+    console,
+    emit_frame,
+    err_console,
+    one_line_errors,
+    print_frame,
+)
+from cli.progress import compute_progress
+from filterdb.report import compare_models, write_robust_vs_normal_report
+
 app = typer.Typer()
+report_app = typer.Typer(
+    help="Comparison reports: tables, plots and one HTML file.", no_args_is_help=True
+)
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("robust-vs-normal")
+def robust_vs_normal(
+    context: typer.Context,
+    training_dataset: Annotated[
+        str | None,
+        typer.Option("--training-dataset", help="Only models trained on this dataset."),
+    ] = None,
+    pairs: Annotated[
+        Path | None,
+        typer.Option(
+            "--pairs",
+            help="CSV with columns Robust, Normal (Arch, Dataset optional), as the paper's "
+            "robust_vs_normal_pairings.csv. Default: pair by architecture and dataset.",
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", help="Directory for the report files.")] = Path(
+        "report"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Robust vs normal models per metric and depth bin: tests, box plots, drift, HTML."""
+    with one_line_errors(), compute_progress(quiet=quiet) as on_progress:
+        result = write_robust_vs_normal_report(
+            database_url(context),
+            out_dir=out,
+            training_dataset=training_dataset,
+            pairs_file=pairs,
+            on_progress=on_progress,
+        )
+    pairing = result.pairing
+    console.print(
+        f"{len(pairing.pairs)} pairs: {len(pairing.robust_models)} robust, "
+        f"{len(pairing.normal_models)} normal models; test: {result.statistics['test'][0]}"
+    )
+    for label, names in (
+        ("unpaired robust", pairing.unpaired_robust),
+        ("unpaired normal", pairing.unpaired_normal),
+        ("not stored (pairs file)", pairing.unresolved),
+    ):
+        if names:
+            console.print(f"{label}: {', '.join(names)}", markup=False, soft_wrap=True)
+    print_frame(result.summary, title="robust - normal (medians); p < 0.05 counted")
+    console.print(f"report: {result.html}", markup=False, soft_wrap=True)
+
+
+class CompareTable(StrEnum):
+    bin = "bin"
+    layer = "layer"
+
+
+@app.command("compare")
+def compare(
+    context: typer.Context,
+    model_a: Annotated[str, typer.Argument(help="First model, as `filterdb models` lists it.")],
+    model_b: Annotated[str, typer.Argument(help="Second model; differences are A - B.")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Write comparison.png into this directory.")
+    ] = None,
+    per: Annotated[
+        CompareTable,
+        typer.Option("--per", help="bin: each metric per depth bin; layer: layer by layer."),
+    ] = CompareTable.bin,
+    fmt: FormatOption = OutputFormat.table,
+    output: OutputOption = None,
+) -> None:
+    """Two models side by side: per depth bin (with A - B) or layer by layer."""
+    with one_line_errors():
+        comparison = compare_models(database_url(context), model_a, model_b, out_dir=out)
+        if per is CompareTable.bin:
+            frame, title = comparison.bins, f"{model_a} vs {model_b} per depth bin"
+        else:
+            frame = comparison.layers
+            title = f"{model_a} vs {model_b} per layer (joined on {comparison.joined_on})"
+        emit_frame(frame, fmt, output, title=title)
+    if comparison.plot is not None:  # stderr: stdout may carry CSV or JSON
+        err_console.print(f"plot: {comparison.plot}", markup=False, soft_wrap=True)

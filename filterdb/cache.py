@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import polars as pl
 import sqlalchemy as sa
 import torch
@@ -20,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from filterdb import schema
 from filterdb.database import engine_for, read_frame
 from filterdb.extract import resolve_device
-from filterdb.fetch import layer_filters
+from filterdb.fetch import iter_layer_filters
 from filterdb.inventory import require_models
 from filterdb.load import utc_now
 from filterdb.metrics.layer import EPS_DEPENDENT_METRICS, METRIC_VERSIONS, layer_metrics
@@ -77,8 +78,10 @@ def compute_metrics(
         for (model_name,), layers in todo.group_by("model_name", maintain_order=True):
             rows = []
             with engine.connect() as connection:
-                for layer in layers.iter_rows(named=True):
-                    rows += _layer_rows(connection, layer, eps=eps, device=target)
+                shapes = layers.select("layer_id", "n_filters").iter_rows()
+                weights = iter_layer_filters(connection, shapes)
+                for layer, filters in zip(layers.iter_rows(named=True), weights, strict=True):
+                    rows += _layer_rows(layer, filters, eps=eps, device=target)
                     done += 1
                     if on_progress:
                         on_progress(ComputeProgress(model_name, done, total))
@@ -168,9 +171,8 @@ def _stale(
 
 
 def _layer_rows(
-    connection: Connection, layer: dict, *, eps: float, device: torch.device
+    layer: dict, filters: np.ndarray, *, eps: float, device: torch.device
 ) -> list[dict]:
-    filters = layer_filters(connection, layer["layer_id"], layer["n_filters"])
     per_out = layer["in_channels"] // layer["groups"]
     weight = filters.reshape(layer["out_channels"], per_out, 3, 3)
     values = layer_metrics(weight, eps=eps, device=device)

@@ -5,7 +5,7 @@ run on it unchanged: ``f["filters"][...].reshape(-1, 9)`` and ``pd.read_hdf(path
 with ``filter_ids`` ranges. Parquet holds the ``v_filters`` rows, one hive-style directory
 ``model_id=<id>/`` per model, for DuckDB, Polars, Spark or Dask.
 
-Both stream: filters are read one layer at a time (:func:`filterdb.fetch.layer_filters`),
+Both stream: filters are read a few layers at a time (:mod:`filterdb.fetch`),
 so memory stays bounded by the largest layer (or one Parquet row group), never the
 database. Both write into a hidden sibling of ``out`` that replaces it only when the export
 succeeded, so a failed export leaves nothing half-written behind.
@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 from filterdb import __version__
 from filterdb.database import engine_for, read_frame, resolve_url
 from filterdb.errors import FilterdbError
-from filterdb.fetch import layer_filters
+from filterdb.fetch import iter_layer_filters
 from filterdb.inventory import require_models
 from filterdb.load import utc_now
 from filterdb.migrate import require_head
@@ -149,11 +149,10 @@ def export_hdf5(
                     "filters", shape=(int(layers["n_filters"].sum()), 9), dtype=np.float32
                 )
                 start = 0
-                for layer_id, n_filters in layers.select("layer_id", "n_filters").iter_rows():
-                    filters[start : start + n_filters] = layer_filters(
-                        connection, layer_id, n_filters
-                    )
-                    start += n_filters
+                shapes = layers.select("layer_id", "n_filters").iter_rows()
+                for layer_filters in iter_layer_filters(connection, shapes):
+                    filters[start : start + len(layer_filters)] = layer_filters
+                    start += len(layer_filters)
                 file["filter"] = filters  # a hard link: the name CNN Filter DB's README uses
                 file.attrs.update(_attributes(url, layers))
     return _result(out, layers)
@@ -271,8 +270,9 @@ def _write_model_parquet(connection: Connection, layers: pl.DataFrame, path: Pat
         path, PARQUET_SCHEMA, compression="zstd", use_byte_stream_split=list(WEIGHT_COLUMNS)
     ) as writer:
         pending: list[pa.Table] = []
-        for layer in layers.iter_rows(named=True):
-            filters = layer_filters(connection, layer["layer_id"], layer["n_filters"])
+        shapes = layers.select("layer_id", "n_filters").iter_rows()
+        weights = iter_layer_filters(connection, shapes)
+        for layer, filters in zip(layers.iter_rows(named=True), weights, strict=True):
             pending.append(_layer_table(layer, filters))
             if sum(table.num_rows for table in pending) >= PARQUET_ROW_GROUP_ROWS:
                 writer.write_table(pa.concat_tables(pending), row_group_size=PARQUET_ROW_GROUP_ROWS)

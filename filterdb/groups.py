@@ -15,7 +15,7 @@ import polars as pl
 
 from filterdb.database import engine_for, read_frame
 from filterdb.errors import FilterdbError
-from filterdb.fetch import layer_filters
+from filterdb.fetch import iter_layer_filters
 from filterdb.metrics.pca import scale_non_sparse
 from filterdb.migrate import require_head
 from filterdb.views import DEFAULT_SPARSITY_EPS, DEPTH_BIN_LABELS
@@ -91,6 +91,8 @@ def scaled_filters_by(
 
 def _scaled_per_layer(layers: pl.DataFrame, *, url: str | None, eps: float) -> Iterable[np.ndarray]:
     with engine_for(url) as engine, engine.connect() as connection:
-        for layer in layers.iter_rows(named=True):
-            filters = layer_filters(connection, layer["layer_id"], layer["n_filters"])
-            yield scale_non_sparse(filters, layer["max_abs"], eps=eps)
+        shapes = layers.select("layer_id", "n_filters").iter_rows()
+        for filters, layer_max in zip(
+            iter_layer_filters(connection, shapes), layers["max_abs"], strict=True
+        ):
+            yield scale_non_sparse(filters, layer_max, eps=eps)

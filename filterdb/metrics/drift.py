@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from filterdb.metrics.pca import N_WEIGHTS, PCAResult, as_filters, fit_pca
+from filterdb.metrics.pca import N_WEIGHTS, PCAResult, as_filters, fit_pca_with_coefficients
 
 BINS = 70
 # float32 epsilon; it replaces the density of an empty bin, not its count (step 5).
@@ -161,8 +161,7 @@ def _union_distributions(
     per group, so every group's values lie inside [lo, hi].
     """
     union = np.concatenate(groups) if groups else np.empty((0, N_WEIGHTS))
-    basis = fit_pca(union)  # step 1
-    coefficients = basis.coefficients(union)  # step 2
+    basis, coefficients = fit_pca_with_coefficients(union)  # steps 1 and 2
     lo, hi = float(coefficients.min()), float(coefficients.max())  # step 3
     bounds = np.cumsum([0, *(len(group) for group in groups)])
     distributions = [

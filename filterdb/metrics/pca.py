@@ -63,10 +63,15 @@ class PCAResult:
         differently depending on the block it lands in. So a subgroup's coefficients,
         computed on their own, stay inside a range [lo, hi] taken over its union.
         """
-        centred = as_filters(filters) - self.mean
-        coefficients = np.zeros((len(centred), N_WEIGHTS))
-        for j in range(N_WEIGHTS):
-            coefficients += centred[:, j, None] * self.components[:, j]
+        filters = as_filters(filters)
+        coefficients = np.empty((len(filters), N_WEIGHTS))
+        # In chunks that stay in cache: the same arithmetic, twice as fast on 7M filters.
+        for start in range(0, len(filters), _CHUNK_ROWS):
+            centred = filters[start : start + _CHUNK_ROWS] - self.mean
+            chunk = coefficients[start : start + _CHUNK_ROWS]
+            chunk[:] = 0.0
+            for j in range(N_WEIGHTS):
+                chunk += centred[:, j, None] * self.components[:, j]
         return coefficients
 
 
@@ -111,6 +116,9 @@ def scale_non_sparse(
     return filters[keep] / peak[keep, None]
 
 
+_CHUNK_ROWS = 65_536
+
+
 def fit_pca(scaled: np.ndarray) -> PCAResult:
     """Eigen-filters of a group's scaled non-sparse filters (SPEC section 5).
 
@@ -126,6 +134,15 @@ def fit_pca(scaled: np.ndarray) -> PCAResult:
     ------
     NoPCA
         Fewer than 9 filters, zero total variance, or non-finite weights.
+    """
+    return fit_pca_with_coefficients(scaled)[0]
+
+
+def fit_pca_with_coefficients(scaled: np.ndarray) -> tuple[PCAResult, np.ndarray]:
+    """:func:`fit_pca` and the coefficients of ``scaled`` on the result, computed once.
+
+    The sign rule needs every filter's coefficients; drift needs them again on the same
+    basis, and flipping a component's sign flips its coefficients exactly.
     """
     scaled = as_filters(scaled)
     n = len(scaled)
@@ -160,8 +177,9 @@ def fit_pca(scaled: np.ndarray) -> PCAResult:
         cumulative=np.cumsum(explained_variance / total),
         n_filters=n,
     )
-    signs = _orientation(basis.components, basis.coefficients(scaled))
-    return PCAResult(
+    coefficients = basis.coefficients(scaled)
+    signs = _orientation(basis.components, coefficients)
+    oriented = PCAResult(
         mean=basis.mean,
         components=basis.components * signs[:, None],
         explained_variance=basis.explained_variance,
@@ -169,6 +187,8 @@ def fit_pca(scaled: np.ndarray) -> PCAResult:
         cumulative=basis.cumulative,
         n_filters=n,
     )
+    coefficients *= signs
+    return oriented, coefficients
 
 
 def _orientation(components: np.ndarray, coefficients: np.ndarray) -> np.ndarray:

@@ -1,0 +1,503 @@
+"""Reports: statistics against scipy and hand-computed values, per-bin aggregates against
+an independent computation from the raw weights, drift on one basis, files, HTML, CLI.
+
+The stored models are small CNNs trained for a few steps on random data, ingested once per
+backend for the whole module (the machine has 2 cores); tests only read them.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import functools
+import itertools
+import math
+import re
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from conftest import BACKENDS, fresh_postgres_database
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+from test_layer_metrics import oracle
+from typer.testing import CliRunner
+
+from cli.main import app
+from filterdb import migrate, report
+from filterdb.database import engine_for, read_frame
+from filterdb.errors import FilterdbError
+from filterdb.ingest import ingest
+from filterdb.metrics.drift import drift_matrix, drift_series
+from filterdb.metrics.pca import NoPCA
+from filterdb.pairing import PairingError
+from filterdb.report import (
+    MAX_PERMUTATION_PAIRS,
+    PAIRED_EFFECT,
+    PAIRED_TEST,
+    UNPAIRED_EFFECT,
+    UNPAIRED_TEST,
+    compare_models,
+    compare_samples,
+    write_robust_vs_normal_report,
+)
+from filterdb.sources.base import TrainingInfo
+from filterdb.sources.checkpoint import checkpoint_candidate
+from filterdb.views import DEPTH_BIN_LABELS
+
+runner = CliRunner()
+PROFILE_METRICS = (
+    "sparsity",
+    "variance_entropy",
+    "variance_entropy_norm",
+    "variance_entropy_clean",
+    "variance_entropy_clean_norm",
+    "variance_entropy_scaled",
+    "variance_entropy_scaled_norm",
+    "orthogonality",
+)
+METRIC_RTOL = 1e-6  # filterdb's metrics against the numpy oracle (test_layer_metrics)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# --- the significance tests: hand-computed values and scipy ------------------------------
+
+
+def test_mann_whitney_on_a_hand_computed_sample():
+    # Every robust value below every normal one: U = 0; of the C(6, 3) = 20 equally likely
+    # splits one gives U = 0 and one U = 9, so the exact two-sided p is 2/20.
+    result = compare_samples([1.0, 2.0, 3.0], [4.0, 5.0, 6.0], paired=False)
+    assert (result.test, result.effect_size_name) == (UNPAIRED_TEST, UNPAIRED_EFFECT)
+    assert (result.statistic, result.p_value, result.effect_size) == (0.0, 0.1, -1.0)
+    assert (result.n, result.note) == (6, "")
+    flipped = compare_samples([4.0, 5.0, 6.0], [1.0, 2.0, 3.0], paired=False)
+    assert (flipped.statistic, flipped.p_value, flipped.effect_size) == (9.0, 0.1, 1.0)
+
+
+def test_wilcoxon_on_hand_computed_samples():
+    # Differences 1, 2, 3, 4, all positive: W- = 0; 1 of 2^4 sign patterns, two-sided 2/16.
+    result = compare_samples([2.0, 4.0, 6.0, 8.0], [1.0, 2.0, 3.0, 4.0], paired=True)
+    assert (result.test, result.effect_size_name) == (PAIRED_TEST, PAIRED_EFFECT)
+    assert (result.statistic, result.p_value, result.effect_size) == (0.0, 0.125, 1.0)
+    # Differences 1, 2, -3, 4: W+ = 7, W- = 3. Sign patterns with W- <= 3: {}, {1}, {2},
+    # {3}, {1, 2}, so p = 2 * 5/16; rank-biserial (7 - 3) / 10.
+    result = compare_samples([2.0, 4.0, 0.0, 8.0], [1.0, 2.0, 3.0, 4.0], paired=True)
+    assert result.statistic == 3.0
+    assert result.p_value == pytest.approx(0.625, rel=1e-12)
+    assert result.effect_size == pytest.approx(0.4, rel=1e-12)
+
+
+samples = st.lists(st.integers(-5, 5).map(float), min_size=1, max_size=12)
+
+
+@given(samples, samples)
+@settings(max_examples=60, deadline=None)
+def test_unpaired_test_agrees_with_scipy_and_counting(robust, normal):
+    result = compare_samples(robust, normal, paired=False)
+    expected = stats.mannwhitneyu(robust, normal, alternative="two-sided")
+    assert result.p_value == expected.pvalue and result.statistic == expected.statistic
+    wins = sum((r > n) - (r < n) for r in robust for n in normal)
+    assert result.effect_size == pytest.approx(wins / (len(robust) * len(normal)), abs=1e-15)
+
+
+@given(st.lists(st.tuples(st.integers(-5, 5), st.integers(-5, 5)), min_size=1, max_size=12))
+@settings(max_examples=60, deadline=None)
+def test_paired_test_agrees_with_scipy_and_ranks(pairs):
+    robust = [float(a) for a, _ in pairs]
+    normal = [float(b) for _, b in pairs]
+    result = compare_samples(robust, normal, paired=True)
+    differences = [a - b for a, b in zip(robust, normal, strict=True) if a != b]
+    if not differences:
+        assert math.isnan(result.p_value) and "all paired differences are 0" in result.note
+        return
+    # scipy's default, but the normal approximation for tied |d| over 8 pairs (documented).
+    ties = len({abs(d) for d in differences}) < len(differences)
+    method = "asymptotic" if ties and len(differences) > MAX_PERMUTATION_PAIRS else "auto"
+    expected = stats.wilcoxon(
+        robust, normal, zero_method="wilcox", alternative="two-sided", method=method
+    )
+    assert result.p_value == pytest.approx(expected.pvalue, rel=1e-12)
+    # Rank-biserial from average ranks of |d|, computed by counting.
+    sizes = [abs(d) for d in differences]
+    ranks = [sum(s < x for s in sizes) + (sum(s == x for s in sizes) + 1) / 2 for x in sizes]
+    plus = sum(r for r, d in zip(ranks, differences, strict=True) if d > 0)
+    minus = sum(r for r, d in zip(ranks, differences, strict=True) if d < 0)
+    assert result.effect_size == pytest.approx((plus - minus) / (plus + minus), abs=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("robust", "normal", "paired", "reason"),
+    [
+        ([], [1.0, 2.0], False, "no robust value"),
+        ([1.0], [], False, "no normal value"),
+        ([], [], True, "no pair has values on both sides"),
+        ([1.0, 2.0], [1.0, 2.0], True, "all paired differences are 0"),
+    ],
+)
+def test_too_small_samples_give_nan_with_a_reason(robust, normal, paired, reason):
+    result = compare_samples(robust, normal, paired=paired)
+    assert math.isnan(result.p_value) and math.isnan(result.effect_size)
+    assert result.note == f"no test: {reason}"
+
+
+# --- a small zoo, once per backend -------------------------------------------------------
+
+TOY_ROBUST = ("r1", "r2", "r3")
+TOY_NORMAL = ("n1", "n2", "n3")
+TINY = (3, 8, 12, 6)
+DEEP = (3, 6, 6, 8, 8)
+
+
+@functools.cache
+def trained_state_dict(seed: int, channels: tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """A CNN of 3x3 convs trained a few steps on random data: real, non-random weights."""
+    torch.manual_seed(seed)
+    layers: list[torch.nn.Module] = []
+    for c_in, c_out in itertools.pairwise(channels):
+        layers += [torch.nn.Conv2d(c_in, c_out, 3, padding=1), torch.nn.ReLU()]
+    net = torch.nn.Sequential(
+        *layers, torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(channels[-1], 3)
+    )
+    optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
+    images, labels = torch.randn(32, 3, 8, 8), torch.randint(0, 3, (32,))
+    for _ in range(10):
+        optimiser.zero_grad()
+        torch.nn.functional.cross_entropy(net(images), labels).backward()
+        optimiser.step()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    state["0.weight"][:2] *= 1e-4  # two sparse filters in the first layer
+    return state
+
+
+# name -> (seed, channels, architecture, training type, dataset)
+ZOO = {
+    **{n: (i, TINY, "tiny-cnn", "adversarial", "toy") for i, n in enumerate(TOY_ROBUST)},
+    **{n: (10 + i, TINY, "tiny-cnn", "normal", "toy") for i, n in enumerate(TOY_NORMAL)},
+    "lonely": (20, DEEP, "deep-cnn", "adversarial", "toy"),
+    # Identical weights on both sides: drift 0, every paired difference 0.
+    "twin-r": (30, TINY, "tiny-cnn", "adversarial", "twins"),
+    "twin-n": (30, TINY, "tiny-cnn", "normal", "twins"),
+}
+
+
+def weights_of(name: str) -> dict[str, torch.Tensor]:
+    seed, channels, *_ = ZOO[name]
+    return trained_state_dict(seed, channels)
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def zoo_url(request, tmp_path_factory):
+    """A database holding ZOO, once per backend for this module."""
+    if request.param == "duckdb":
+        urls = iter([f"duckdb:///{tmp_path_factory.mktemp('zoo') / 'zoo.duckdb'}"])
+    else:
+        urls = fresh_postgres_database()
+    url = next(urls)
+    migrate.upgrade(url)
+    folder = tmp_path_factory.mktemp("checkpoints")
+    for name, (_, _, architecture, training_type, dataset) in ZOO.items():
+        path = folder / f"{name}.pt"
+        torch.save(weights_of(name), path)
+        training = TrainingInfo(training_type=training_type, training_dataset=dataset)
+        candidate = checkpoint_candidate(
+            path, name=name, architecture=architecture, training=training
+        )
+        ingest(candidate, url=url, device="cpu")
+    yield url
+    next(urls, None)  # drops the PostgreSQL database
+
+
+@pytest.fixture(scope="module")
+def auto_report(zoo_url, tmp_path_factory):
+    out = tmp_path_factory.mktemp("auto")
+    return write_robust_vs_normal_report(zoo_url, out_dir=out, training_dataset="toy")
+
+
+# --- an independent computation from the raw weights -------------------------------------
+
+
+def layer_bins(url: str) -> dict[tuple[str, str], str]:
+    """(model, layer) -> depth bin label, from conv_depth and the model's max, integers only."""
+    with engine_for(url) as engine, engine.connect() as connection:
+        rows = read_frame(
+            connection,
+            "SELECT v.model_name, v.layer_name, v.conv_depth, m.max_conv_depth "
+            "FROM v_layers v JOIN model m ON m.model_id = v.model_id",
+        ).iter_rows()
+    return {
+        (model, layer): DEPTH_BIN_LABELS[0 if depth == 0 else math.ceil(10 * depth / top)]
+        for model, layer, depth, top in rows
+    }
+
+
+def independent_profile(url: str, models) -> dict[tuple[str, str], dict[str, float]]:
+    """(model, bin) -> metric -> value pooled as SPEC section 5 says, from the oracle."""
+    sums: dict[tuple[str, str], dict[str, list[float]]] = {}
+    for (model, layer), label in layer_bins(url).items():
+        if model not in models:
+            continue
+        for metric, (value, support) in oracle(weights_of(model)[f"{layer}.weight"]).items():
+            if metric in PROFILE_METRICS and value is not None:
+                pooled = sums.setdefault((model, label), {}).setdefault(metric, [0.0, 0.0])
+                pooled[0] += value * support
+                pooled[1] += support
+    return {key: {m: a / b for m, (a, b) in by.items()} for key, by in sums.items()}
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default), in plain Python."""
+    ordered = sorted(values)
+    position = (len(ordered) - 1) * q
+    low = math.floor(position)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def independent_scaled_filters(url: str, models, role_of) -> dict[tuple[str, str], np.ndarray]:
+    """(role, bin) -> pooled non-sparse filters, each divided by its own max |w|."""
+    pooled: dict[tuple[str, str], list[np.ndarray]] = {}
+    for (model, layer), label in layer_bins(url).items():
+        if model not in models:
+            continue
+        filters = weights_of(model)[f"{layer}.weight"].double().numpy().reshape(-1, 9)
+        peak = np.abs(filters).max(axis=1)
+        kept = filters[peak > 0.01 * np.abs(filters).max()]
+        scaled = kept / np.abs(kept).max(axis=1, keepdims=True)
+        pooled.setdefault((role_of[model], label), []).append(scaled)
+    return {key: np.concatenate(parts) for key, parts in pooled.items()}
+
+
+# --- the robust-vs-normal report ---------------------------------------------------------
+
+
+def test_auto_report_pairs_by_architecture_and_lists_the_unpaired(auto_report):
+    pairing = auto_report.pairing
+    assert {(p.robust, p.normal) for p in pairing.pairs} == {
+        (r, n) for r in TOY_ROBUST for n in TOY_NORMAL
+    }
+    assert pairing.unpaired_robust == ("lonely",) and pairing.unpaired_normal == ()
+    assert "- unpaired robust models: lonely\n" in auto_report.summary_md.read_text()
+    html = auto_report.html.read_text()
+    assert re.search(r"unpaired robust models</td><td[^>]*>lonely</td>", html)
+    # Nine pairs over three models a side are not one-to-one: the unpaired test.
+    assert set(auto_report.statistics["test"]) == {UNPAIRED_TEST}
+
+
+def test_report_aggregates_match_an_independent_computation(zoo_url, auto_report):
+    expected = independent_profile(zoo_url, TOY_ROBUST + TOY_NORMAL)
+    statistics = auto_report.statistics
+    labels = {label for _, label in expected}
+    assert set(statistics["depth_bin"]) == labels
+    assert statistics.height == len(PROFILE_METRICS) * len(labels)
+    for row in statistics.iter_rows(named=True):
+        robust = [expected[(m, row["depth_bin"])][row["metric"]] for m in TOY_ROBUST]
+        normal = [expected[(m, row["depth_bin"])][row["metric"]] for m in TOY_NORMAL]
+        assert (row["n_robust"], row["n_normal"]) == (3, 3)
+        for side, values in (("robust", robust), ("normal", normal)):
+            for column, q in (("q1", 0.25), ("median", 0.5), ("q3", 0.75)):
+                got = row[f"{side}_{column}"]
+                assert got == pytest.approx(percentile(values, q), rel=METRIC_RTOL, abs=1e-12)
+        difference = percentile(robust, 0.5) - percentile(normal, 0.5)
+        assert row["median_difference"] == pytest.approx(difference, rel=1e-5, abs=1e-9)
+        test = stats.mannwhitneyu(robust, normal, alternative="two-sided")
+        assert row["p_value"] == pytest.approx(test.pvalue, rel=1e-12)
+
+
+def test_summary_csv_holds_full_precision_floats(auto_report):
+    with auto_report.summary_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == auto_report.statistics.height
+    for row, expected in zip(rows, auto_report.statistics.iter_rows(named=True), strict=True):
+        for column in ("robust_median", "normal_q3", "p_value", "effect_size"):
+            assert float(row[column]) == expected[column]  # round-trip repr, bit for bit
+
+
+def test_html_embeds_every_png_and_the_pngs_are_valid(auto_report):
+    out = auto_report.html.parent
+    pngs = sorted(out.glob("*.png"))
+    assert pngs == sorted(auto_report.plots) and len(pngs) == 2
+    html = auto_report.html.read_text()
+    embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(embedded) == html.count("data:image/png;base64,") == len(pngs)
+    assert sorted(base64.b64decode(data) for data in embedded) == sorted(
+        p.read_bytes() for p in pngs
+    )
+    for png in pngs:
+        data = png.read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 5_000
+        image = matplotlib.image.imread(png)
+        assert image.ndim == 3 and min(image.shape[:2]) > 200
+    for table in ("summary.md", "pairs.csv", "drift_by_depth.csv"):
+        assert (out / table).stat().st_size > 0
+
+
+def test_drift_series_uses_one_basis_for_all_bins(zoo_url, auto_report):
+    role_of = dict.fromkeys(TOY_ROBUST, "robust") | dict.fromkeys(TOY_NORMAL, "normal")
+    pooled = independent_scaled_filters(zoo_url, role_of, role_of)
+    drift = auto_report.drift.sort("depth_bin_index")
+    labels = drift["depth_bin"].to_list()
+    expected = drift_series({b: (pooled[("robust", b)], pooled[("normal", b)]) for b in labels})
+    assert drift["drift"].to_list() == pytest.approx(
+        [expected.values[b] for b in labels], rel=1e-12
+    )
+    assert drift["n_robust_filters"].to_list() == [len(pooled[("robust", b)]) for b in labels]
+    # A basis per bin gives other values: the report's series is not that.
+    per_bin = [
+        drift_matrix({"r": pooled[("robust", b)], "n": pooled[("normal", b)]}).matrix[0, 1]
+        for b in labels
+    ]
+    assert drift["drift"].to_list() != pytest.approx(per_bin, rel=1e-6)
+    with auto_report.drift_csv.open(newline="") as handle:
+        assert [float(r["drift"]) for r in csv.DictReader(handle)] == drift["drift"].to_list()
+
+
+def test_drift_without_a_basis_says_why(zoo_url, auto_report, monkeypatch):
+    def no_basis(_pairs):
+        raise NoPCA("no PCA: the group has 5 non-sparse filters and a PCA needs at least 9")
+
+    monkeypatch.setattr(report, "drift_series", no_basis)
+    drift = report.drift_by_depth(zoo_url, auto_report.pairing)
+    assert drift["drift"].is_nan().all() and drift.height == auto_report.drift.height
+    assert set(drift["note"]) == {
+        "no drift: no PCA: the group has 5 non-sparse filters" + " and a PCA needs at least 9"
+    }
+
+
+def test_pairs_file_one_to_one_uses_the_paired_test(zoo_url, tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs_of = zip(TOY_ROBUST, TOY_NORMAL, strict=True)
+    rows = [f"{i},{r},{n},tiny-cnn,toy" for i, (r, n) in enumerate(pairs_of)]
+    pairs.write_text("\n".join([",Robust,Normal,Arch,Dataset", *rows]) + "\n")
+    result = write_robust_vs_normal_report(zoo_url, out_dir=tmp_path / "out", pairs_file=pairs)
+    assert result.pairing.one_to_one
+    # No --training-dataset: every stored model outside the file's pairs is listed.
+    assert result.pairing.unpaired_robust == ("lonely", "twin-r")
+    assert result.pairing.unpaired_normal == ("twin-n",)
+    expected = independent_profile(zoo_url, TOY_ROBUST + TOY_NORMAL)
+    for row in result.statistics.filter(result.statistics["metric"] != "sparsity").iter_rows(
+        named=True
+    ):
+        assert (row["test"], row["effect_size_name"], row["n_test"]) == (
+            PAIRED_TEST,
+            PAIRED_EFFECT,
+            3,
+        )
+        robust = [expected[(m, row["depth_bin"])][row["metric"]] for m in TOY_ROBUST]
+        normal = [expected[(m, row["depth_bin"])][row["metric"]] for m in TOY_NORMAL]
+        test = stats.wilcoxon(robust, normal, alternative="two-sided")
+        assert row["p_value"] == pytest.approx(test.pvalue, rel=1e-12)
+
+
+def test_twins_drift_zero_and_untestable_bins_say_why(zoo_url, tmp_path):
+    first = write_robust_vs_normal_report(zoo_url, out_dir=tmp_path / "a", training_dataset="twins")
+    assert first.drift["drift"].to_list() == [0.0] * first.drift.height
+    assert first.pairing.one_to_one
+    assert first.statistics["p_value"].is_nan().all()
+    assert set(first.statistics["note"]) == {"no test: all paired differences are 0"}
+    # The same data gives the same files, byte for byte.
+    second = write_robust_vs_normal_report(
+        zoo_url, out_dir=tmp_path / "b", training_dataset="twins"
+    )
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
+    for name in names:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    assert second.summary.equals(first.summary)
+
+
+def test_no_pair_is_a_one_line_error(zoo_url, tmp_path):
+    with pytest.raises(PairingError, match="no robust/normal pair found") as caught:
+        write_robust_vs_normal_report(zoo_url, out_dir=tmp_path, training_dataset="absent")
+    assert "\n" not in str(caught.value)
+
+
+# --- compare -----------------------------------------------------------------------------
+
+
+def test_compare_same_architecture_joins_layers_by_index(zoo_url, tmp_path):
+    comparison = compare_models(zoo_url, "r1", "n1", out_dir=tmp_path)
+    assert comparison.joined_on == "conv_index"
+    layers = comparison.layers
+    assert layers["conv_index"].to_list() == [0, 1, 2]
+    assert layers["layer_name_a"].to_list() == layers["layer_name_b"].to_list()
+    for row in layers.iter_rows(named=True):
+        for model, suffix in (("r1", "_a"), ("n1", "_b")):
+            weight = weights_of(model)[f"{row[f'layer_name{suffix}']}.weight"]
+            value, _ = oracle(weight)["orthogonality"]
+            assert row[f"orthogonality{suffix}"] == pytest.approx(value, rel=METRIC_RTOL)
+    expected = independent_profile(zoo_url, ("r1", "n1"))
+    for row in comparison.bins.iter_rows(named=True):
+        a = expected[("r1", row["depth_bin"])][row["metric"]]
+        b = expected[("n1", row["depth_bin"])][row["metric"]]
+        assert row["difference"] == pytest.approx(a - b, rel=1e-5, abs=1e-9)
+    data = comparison.plot.read_bytes()
+    assert data.startswith(PNG_SIGNATURE) and len(data) > 5_000
+
+
+def test_compare_other_architecture_joins_by_depth_bin(zoo_url):
+    comparison = compare_models(zoo_url, "r1", "lonely")
+    assert comparison.joined_on == "depth_bin" and comparison.plot is None
+    bins = layer_bins(zoo_url)
+    layers = comparison.layers
+    # Every layer of both models appears once, each beside its own bin.
+    for name, suffix in (("r1", "_a"), ("lonely", "_b")):
+        shown = layers.filter(layers[f"layer_name{suffix}"].is_not_null())
+        assert sorted(shown[f"layer_name{suffix}"]) == sorted(
+            layer for model, layer in bins if model == name
+        )
+        for row in shown.iter_rows(named=True):
+            assert row["depth_bin"] == bins[(name, row[f"layer_name{suffix}"])]
+    # A bin that only one model holds is still listed, with no difference.
+    only_one = comparison.bins.filter(comparison.bins["value_a"].is_null())
+    assert only_one.height > 0 and only_one["difference"].is_null().all()
+
+
+def test_compare_unknown_model(zoo_url):
+    with pytest.raises(FilterdbError, match="no stored model named nope"):
+        compare_models(zoo_url, "r1", "nope")
+
+
+# --- the command line --------------------------------------------------------------------
+
+
+def test_cli_report_prints_a_summary_and_where_the_html_is(zoo_url, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(
+        app,
+        ["--db", zoo_url, "report", "robust-vs-normal", "--training-dataset", "toy"]
+        + ["--out", str(out), "-q"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "9 pairs" in result.output and "unpaired robust: lonely" in result.output
+    assert "variance_entropy_scaled" in result.output
+    assert str(out / "report.html") in result.output
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["report", "robust-vs-normal", "--training-dataset", "absent"], "no robust/normal pair"),
+        (["report", "robust-vs-normal", "--pairs", "absent.csv"], "no pairs file at absent.csv"),
+        (["compare", "r1", "nope"], "no stored model named nope"),
+    ],
+)
+def test_cli_errors_are_one_line(zoo_url, tmp_path, monkeypatch, arguments, message):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["--db", zoo_url, *arguments])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and message in result.output
+    assert result.output.count("\n") == 1
+
+
+def test_cli_compare_writes_csv(zoo_url, tmp_path):
+    out = tmp_path / "bins.csv"
+    result = runner.invoke(
+        app, ["--db", zoo_url, "compare", "r1", "n1", "--format", "csv", "--output", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    with out.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == len(PROFILE_METRICS) * 3
+    assert {"metric", "depth_bin", "value_a", "value_b", "difference"} <= set(rows[0])
