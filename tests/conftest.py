@@ -8,6 +8,8 @@ server and sets it). Without it the PostgreSQL half skips, unless
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,3 +78,31 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is not here")
     return SHARED_DATA
+
+
+HOLD_LOCK = """
+import sys, time, duckdb
+connection = duckdb.connect(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.fixture
+def duckdb_lock_holder():
+    """Start another process that holds a DuckDB file open read-write (one writer per file)."""
+    holders = []
+
+    def hold(url: str) -> subprocess.Popen:
+        path = url.removeprefix("duckdb:///")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", HOLD_LOCK, path], stdout=subprocess.PIPE, text=True
+        )
+        holders.append(holder)
+        assert holder.stdout.readline().strip() == "locked"
+        return holder
+
+    yield hold
+    for holder in holders:
+        holder.kill()
+        holder.wait()

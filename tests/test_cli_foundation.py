@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-import time
-
 import pytest
 from typer.testing import CliRunner
 
@@ -92,31 +86,10 @@ def test_malformed_or_unsupported_url_is_one_line(url):
     assert_one_line_error(invoke("--db", url, "init"), "duckdb:///PATH")
 
 
-def test_locked_duckdb_file_is_one_line(duckdb_url, tmp_path):
-    path = duckdb_url.removeprefix("duckdb:///")
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(
-                f"""
-                import duckdb, sys, time
-                connection = duckdb.connect({path!r})
-                print("locked", flush=True)
-                time.sleep(60)
-                """
-            ),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ},
-    )
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        result = invoke("--db", duckdb_url, "models")
-        assert_one_line_error(result, "locked by process", str(holder.pid), "retry")
-    finally:
-        holder.kill()
-        holder.wait()
-    time.sleep(0.1)
+def test_locked_duckdb_file_is_one_line(duckdb_url, duckdb_lock_holder):
+    holder = duckdb_lock_holder(duckdb_url)
+    result = invoke("--db", duckdb_url, "models")
+    assert_one_line_error(result, "locked by process", str(holder.pid), "retry")
+    holder.kill()
+    holder.wait()
     assert invoke("--db", duckdb_url, "models").exit_code == 0

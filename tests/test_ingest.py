@@ -277,6 +277,20 @@ def test_bad_input_is_one_line_and_leaves_the_database_unchanged(
     assert check.check(db_url) == []
 
 
+def test_locked_duckdb_file_refuses_ingest_in_one_line(
+    duckdb_url, tmp_path, tiny_state_dict, duckdb_lock_holder
+):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    holder = duckdb_lock_holder(duckdb_url)
+    result = runner.invoke(app, ["--db", duckdb_url, "ingest", "checkpoint", str(path), "-q"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and f"locked by process {holder.pid}" in lines[0]
+    holder.kill()
+    holder.wait()
+    assert table_counts(duckdb_url)["model"] == 0
+
+
 def test_nonfinite_weights_are_stored_when_allowed(db_url, tmp_path, tiny_state_dict):
     path, _ = bad_checkpoints(tmp_path, tiny_state_dict)["nonfinite"]
     result = runner.invoke(
