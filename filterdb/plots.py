@@ -50,6 +50,10 @@ def robust_vs_normal_boxplots(
             samples = [v.to_numpy() for v in groups["value"]]
             shifted = [positions[i] + shift for i in groups["depth_bin_index"]]
             _boxes(ax, samples, shifted, colour=colour)
+            # Every model as a dot too: with a few models per side the boxes collapse to
+            # lines, and the dots still show which side is which.
+            for x, sample in zip(shifted, samples, strict=True):
+                ax.plot([x] * len(sample), sample, "o", color=colour, markersize=3, alpha=0.8)
         ax.margins(y=0.15)  # headroom for the significance stars at the top
         ax.autoscale_view()
         _mark_significance(ax, statistics.filter(pl.col("metric") == metric), positions)
