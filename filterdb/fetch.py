@@ -59,7 +59,9 @@ def _fetch_batch(connection: Connection, batch: list[tuple[int, int]]) -> Iterat
     layer_ids = np.asarray(columns["layer_id"])
     # Rows come back in storage order, which is layer by layer when loaded by filterdb;
     # sort only when it is not, then place each row of a layer by its filter_index.
-    order = None if np.all(layer_ids[1:] >= layer_ids[:-1]) else np.argsort(layer_ids, "stable")
+    order = (
+        None if np.all(layer_ids[1:] >= layer_ids[:-1]) else np.argsort(layer_ids, kind="stable")
+    )
     if order is not None:
         layer_ids = layer_ids[order]
     for layer_id, n_filters in batch:

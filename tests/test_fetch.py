@@ -1,0 +1,51 @@
+"""Reading filters back: exact, in filter order, whatever the storage order and batching."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from filterdb import fetch
+from filterdb.database import engine_for, read_frame
+from filterdb.ingest import ingest
+from filterdb.sources.checkpoint import checkpoint_candidate
+
+
+@pytest.fixture
+def stored(db_url, tmp_path) -> dict[str, torch.Tensor]:
+    torch.manual_seed(5)
+    state = {
+        "a.weight": torch.randn(6, 4, 3, 3),
+        "b.weight": torch.randn(5, 6, 3, 3),
+        "c.weight": torch.randn(7, 5, 3, 3),
+    }
+    torch.save(state, tmp_path / "net.pt")
+    ingest(checkpoint_candidate(tmp_path / "net.pt"), url=db_url, device="cpu")
+    return state
+
+
+def read_back(url: str) -> dict[str, bytes]:
+    with engine_for(url) as engine, engine.connect() as connection:
+        layers = read_frame(connection, "SELECT layer_id, layer_name, n_filters FROM v_layers")
+        shapes = layers.select("layer_id", "n_filters").iter_rows()
+        arrays = list(fetch.iter_layer_filters(connection, shapes))
+    return {name: array.tobytes() for name, array in zip(layers["layer_name"], arrays, strict=True)}
+
+
+@pytest.mark.parametrize("batch_filters", [1, 40, fetch.BATCH_FILTERS])
+def test_filters_come_back_exactly_from_shuffled_storage(
+    db_url, stored, monkeypatch, batch_filters
+):
+    with engine_for(db_url) as engine, engine.begin() as connection:
+        connection.exec_driver_sql(
+            "CREATE TABLE shuffled AS SELECT * FROM filter ORDER BY random()"
+        )
+        connection.exec_driver_sql("DELETE FROM filter")
+        connection.exec_driver_sql("INSERT INTO filter SELECT * FROM shuffled")
+        connection.exec_driver_sql("DROP TABLE shuffled")
+    monkeypatch.setattr(fetch, "BATCH_FILTERS", batch_filters)
+    expected = {
+        key.removesuffix(".weight"): weight.reshape(-1, 9).numpy().tobytes()
+        for key, weight in stored.items()
+    }
+    assert read_back(db_url) == expected
