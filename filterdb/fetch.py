@@ -8,7 +8,11 @@ the largest layer, never a whole model (PLATFORM.md, "At scale").
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import numpy as np
 from sqlalchemy.engine import Connection
@@ -16,6 +20,8 @@ from sqlalchemy.engine import Connection
 from filterdb.database import backend_name
 from filterdb.errors import DatabaseError
 from filterdb.schema import WEIGHT_COLUMNS
+
+T = TypeVar("T")
 
 _SELECT = f"SELECT layer_id, filter_index, {', '.join(WEIGHT_COLUMNS)} FROM filter"
 
@@ -88,3 +94,45 @@ def _copy_out(connection: Connection, select: str) -> np.ndarray:
             buffer += block
     body = memoryview(buffer)[_COPY_HEADER_SIZE : len(buffer) - _COPY_TRAILER_SIZE]
     return np.frombuffer(body, dtype=_COPY_ROW)
+
+
+def read_ahead(items: Iterator[T]) -> Iterator[T]:
+    """Yield from ``items`` while a thread already produces the next item.
+
+    Fetching the next batch of layers overlaps the work on the current one (DuckDB,
+    psycopg, numpy and torch release the GIL while they work). At most two items wait
+    ahead of the consumer; closing the generator early stops the thread.
+    """
+    ready: queue.Queue = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if stop.is_set():
+                    return
+                ready.put((item, None))
+        except BaseException as error:  # handed to the consumer, raised there
+            ready.put((None, error))
+            return
+        ready.put((_DONE, None))
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # let a producer blocked on put() finish and see stop
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)
+        worker.join()
+
+
+_DONE = object()

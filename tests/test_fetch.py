@@ -49,3 +49,32 @@ def test_filters_come_back_exactly_from_shuffled_storage(
         for key, weight in stored.items()
     }
     assert read_back(db_url) == expected
+
+
+def test_read_ahead_keeps_order_and_raises_the_producers_error():
+    assert list(fetch.read_ahead(iter(range(100)))) == list(range(100))
+
+    def failing():
+        yield 1
+        raise ValueError("broken source")
+
+    reader = fetch.read_ahead(failing())
+    assert next(reader) == 1
+    with pytest.raises(ValueError, match="broken source"):
+        next(reader)
+
+
+def test_read_ahead_stops_its_thread_when_closed_early():
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    reader = fetch.read_ahead(endless())
+    assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    reader.close()
+    count = len(produced)
+    assert count <= 6  # the consumer's three, and at most a few read ahead
+    assert len(produced) == count
