@@ -9,9 +9,11 @@ ingest log; a failed one in a transaction of its own, so the model tables stay a
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import sqlalchemy as sa
 import torch
@@ -24,6 +26,8 @@ from filterdb.extract import ExtractedModel, extract
 from filterdb.load import delete_model, utc_now, write_model
 from filterdb.migrate import require_head
 from filterdb.sources.base import Candidate, files_sha256
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -85,16 +89,11 @@ def ingest(
     try:
         report(IngestEvent(candidate.name, "hashing", 0.0))
         sha256 = attempt.timed("read", lambda: files_sha256(candidate.paths))
-        stored = _stored_identity(engine, candidate.name)
-        if stored is not None and not force:
-            model_id, stored_sha256 = stored
-            if stored_sha256 == sha256:
-                report(IngestEvent(candidate.name, "done", 1.0))
-                return attempt.log_skipped(model_id, sha256)
-            raise ModelConflict(
-                f"model {candidate.name} is stored from another checkpoint "
-                f"(sha256 {stored_sha256[:12]}, new {sha256[:12]}); pass --force to replace it"
-            )
+        with engine.connect() as connection:
+            stored = _stored_identity(connection, candidate.name)
+        if _unchanged(candidate.name, stored, sha256, force=force):
+            report(IngestEvent(candidate.name, "done", 1.0))
+            return attempt.log_skipped(stored[0], sha256)
         report(IngestEvent(candidate.name, "reading", 0.1))
         source = attempt.timed("read", candidate.read)
         source.info.checkpoint_sha256 = sha256
@@ -103,11 +102,11 @@ def ingest(
             "extract", lambda: extract(source, device=device, allow_nonfinite=allow_nonfinite)
         )
         report(IngestEvent(candidate.name, "writing", 0.6))
-        result = attempt.timed("write", lambda: attempt.store(extracted, sha256))
+        result = attempt.timed("write", lambda: attempt.store(extracted, sha256, force=force))
         report(IngestEvent(candidate.name, "done", 1.0))
         return result
-    except FilterdbError as error:
-        attempt.log_failed(str(error))
+    except Exception as error:  # every failed attempt is logged, bugs included
+        attempt.log_failed(str(error) or type(error).__name__)
         report(IngestEvent(candidate.name, "failed", 1.0))
         raise
 
@@ -144,14 +143,32 @@ def ingest_all(
     return results, failures
 
 
-def _stored_identity(engine: Engine, name: str) -> tuple[int, str] | None:
-    with engine.connect() as connection:
-        row = connection.execute(
-            sa.select(schema.model.c.model_id, schema.model.c.checkpoint_sha256).where(
-                schema.model.c.name == name
-            )
-        ).first()
+def _stored_identity(connection: Connection, name: str) -> tuple[int, str] | None:
+    row = connection.execute(
+        sa.select(schema.model.c.model_id, schema.model.c.checkpoint_sha256).where(
+            schema.model.c.name == name
+        )
+    ).first()
     return None if row is None else (row.model_id, row.checkpoint_sha256)
+
+
+def _unchanged(name: str, stored: tuple[int, str] | None, sha256: str, *, force: bool) -> bool:
+    """True when ``name`` is stored from these bytes (skip it); raises on a conflict."""
+    if stored is None or force:
+        return False
+    if stored[1] == sha256:
+        return True
+    raise ModelConflict(
+        f"model {name} is stored from another checkpoint (sha256 {stored[1][:12]}, "
+        f"new {sha256[:12]}); pass --force to replace it"
+    )
+
+
+class _StoredMeanwhile(Exception):
+    """Another process stored the same bytes while this one was extracting."""
+
+    def __init__(self, model_id: int) -> None:
+        self.model_id = model_id
 
 
 class _Attempt:
@@ -165,20 +182,32 @@ class _Attempt:
         self.seconds = {"read": 0.0, "extract": 0.0, "write": 0.0}
         self.sha256: str | None = None
 
-    def timed(self, phase: str, step: Callable):
+    def timed(self, phase: str, step: Callable[[], T]) -> T:
         start = time.perf_counter()
         try:
             return step()
         finally:
             self.seconds[phase] += time.perf_counter() - start
 
-    def store(self, extracted: ExtractedModel, sha256: str) -> IngestResult:
+    def store(self, extracted: ExtractedModel, sha256: str, *, force: bool) -> IngestResult:
         self.sha256 = sha256
         write_started = time.perf_counter()
+        try:
+            return self._store(extracted, write_started, force=force)
+        except _StoredMeanwhile as meanwhile:
+            return self.log_skipped(meanwhile.model_id, sha256)
+
+    def _store(
+        self, extracted: ExtractedModel, write_started: float, *, force: bool
+    ) -> IngestResult:
+        name = extracted.info.name
         with self.engine.begin() as connection:
-            stored = connection.execute(
-                sa.select(schema.model.c.model_id).where(schema.model.c.name == extracted.info.name)
-            ).scalar_one_or_none()
+            # Decided again inside the write transaction: another process may have stored
+            # this name since the check before extraction (DuckDB's lock was free then).
+            identity = _stored_identity(connection, name)
+            if _unchanged(name, identity, self.sha256, force=force):
+                raise _StoredMeanwhile(identity[0])
+            stored = None if identity is None else identity[0]
             if stored is not None:
                 delete_model(connection, stored)
             model_id = write_model(connection, extracted)
@@ -228,7 +257,9 @@ class _Attempt:
         )
 
     def log_failed(self, error: str) -> None:
-        with self.engine.begin() as connection:
+        # The failure being reported matters more than its log row: a database that cannot
+        # take the row (locked, gone) must not replace the original error.
+        with contextlib.suppress(sa.exc.DBAPIError), self.engine.begin() as connection:
             self._log(connection, "failed", error=error)
 
     def _log(self, connection: Connection, status: str, **values: object) -> None:

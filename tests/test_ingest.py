@@ -382,3 +382,36 @@ def test_kill_9_during_ingest_leaves_all_or_nothing(db_url, tmp_path):
 def test_missing_checkpoint_is_a_source_error(tmp_path):
     with pytest.raises(SourceError, match="no checkpoint at"):
         checkpoint_candidate(tmp_path / "absent.pt")
+
+
+def test_a_model_stored_meanwhile_is_not_replaced_without_force(db_url, tmp_path, tiny_state_dict):
+    # Another process stores the name while this one is reading its checkpoint.
+    mine = save(tiny_state_dict, tmp_path / "mine.pt")
+    theirs = save({k: v * 3 for k, v in tiny_state_dict.items()}, tmp_path / "theirs.pt")
+    candidate = checkpoint_candidate(mine, name="shared")
+    read_mine = candidate.read
+
+    def read_while_another_process_writes():
+        ingest(checkpoint_candidate(theirs, name="shared"), url=db_url)
+        return read_mine()
+
+    candidate.read = read_while_another_process_writes
+    with pytest.raises(ModelConflict, match="--force"):
+        ingest(candidate, url=db_url)
+    got = stored_filters(db_url, "shared")
+    assert got["stem"].tobytes() == conv_weights(torch.load(theirs))["stem"].tobytes()
+    assert check.check(db_url) == []
+
+
+def test_the_same_bytes_stored_meanwhile_are_skipped(db_url, tmp_path, tiny_state_dict):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    candidate = checkpoint_candidate(path)
+    read = candidate.read
+
+    def read_while_another_process_writes():
+        ingest(checkpoint_candidate(path), url=db_url)
+        return read()
+
+    candidate.read = read_while_another_process_writes
+    assert ingest(candidate, url=db_url).status == "skipped"
+    assert table_counts(db_url)["model"] == 1
