@@ -52,6 +52,28 @@ FROM filter GROUP BY layer_id, filter_index HAVING COUNT(*) > 1""",
         describe="filter {filter_index} of layer_id {layer_id} is stored {n} times",
     ),
     Check(
+        rule="every filter's index lies in its layer and matches its channels",
+        sql="""
+SELECT l.name AS layer, m.name AS model, COUNT(*) AS n
+FROM filter f
+JOIN layer l ON l.layer_id = f.layer_id
+JOIN model m ON m.model_id = l.model_id
+WHERE f.filter_index < 0 OR f.filter_index >= l.n_filters
+    OR f.out_channel * (l.in_channels / l.groups) + f.in_channel <> f.filter_index
+    OR f.in_channel < 0 OR f.in_channel >= l.in_channels / l.groups
+GROUP BY l.name, m.name""",
+        describe="{n} filter rows of layer {layer} of {model} have an index or channel "
+        "outside the layer",
+    ),
+    Check(
+        rule="every layer's depth lies within its model's depths",
+        sql="""
+SELECT l.name AS layer, m.name AS model, l.conv_depth, m.max_conv_depth
+FROM layer l JOIN model m ON m.model_id = l.model_id
+WHERE l.conv_depth < 0 OR l.conv_depth > m.max_conv_depth""",
+        describe="layer {layer} of {model} has conv_depth {conv_depth} outside 0..{max_conv_depth}",
+    ),
+    Check(
         rule="every layer belongs to a stored model",
         sql="""
 SELECT l.layer_id, l.model_id, l.name AS layer FROM layer l

@@ -78,11 +78,25 @@ def _fetch_batch(connection: Connection, batch: list[tuple[int, int]]) -> Iterat
                 f"layer_id {layer_id} holds {stop - start} filter rows, its layer row says "
                 f"{n_filters}; run `filterdb check` and re-ingest the model with --force"
             )
+        index = np.asarray(columns["filter_index"])[rows]
+        if not _is_permutation(index, n_filters):
+            raise DatabaseError(
+                f"layer_id {layer_id} does not hold each filter_index 0..{n_filters - 1} "
+                "once; run `filterdb check` and re-ingest the model with --force"
+            )
         filters = np.empty((n_filters, 9), dtype=np.float32)
-        filters[np.asarray(columns["filter_index"])[rows]] = np.column_stack(
+        filters[index] = np.column_stack(
             [np.asarray(columns[name][rows], dtype=np.float32) for name in WEIGHT_COLUMNS]
         )
         yield filters
+
+
+def _is_permutation(index: np.ndarray, n: int) -> bool:
+    if len(index) and (index.min() < 0 or index.max() >= n):
+        return False
+    seen = np.zeros(n, dtype=bool)
+    seen[index] = True
+    return bool(seen.all())
 
 
 def _copy_out(connection: Connection, select: str) -> np.ndarray:

@@ -7,6 +7,7 @@ import torch
 
 from filterdb import fetch
 from filterdb.database import engine_for, read_frame
+from filterdb.errors import DatabaseError
 from filterdb.ingest import ingest
 from filterdb.sources.checkpoint import checkpoint_candidate
 
@@ -78,3 +79,13 @@ def test_read_ahead_stops_its_thread_when_closed_early():
     count = len(produced)
     assert count <= 6  # the consumer's three, and at most a few read ahead
     assert len(produced) == count
+
+
+def test_a_damaged_layer_is_a_one_line_database_error(db_url, stored):
+    with engine_for(db_url) as engine, engine.begin() as connection:
+        connection.exec_driver_sql(
+            "UPDATE filter SET filter_index = 0 WHERE filter_index = 1 AND layer_id = "
+            "(SELECT MIN(layer_id) FROM layer)"
+        )
+    with pytest.raises(DatabaseError, match="filterdb check"):
+        read_back(db_url)

@@ -337,10 +337,17 @@ def test_check_fails_on_a_database_damaged_by_hand(db_url, tmp_path, tiny_state_
             "conv_depth_norm, depth_method, in_channels, out_channels, groups, n_filters) "
             "VALUES (999, 'orphan', 0, 0, 0, 0, 'key_order', 1, 1, 1, 1)"
         )
+        connection.exec_driver_sql(
+            "UPDATE filter SET out_channel = 99 WHERE filter_index = 1 AND layer_id = "
+            "(SELECT MAX(layer_id) FROM layer WHERE name = 'grouped')"
+        )
+        connection.exec_driver_sql("UPDATE layer SET conv_depth = 7 WHERE name = 'depthwise'")
     result = runner.invoke(app, ["--db", db_url, "check"])
     assert result.exit_code == 1
     assert "layer stem of tiny expects 24 filters, found 23" in result.output
     assert "points at missing model_id 999" in result.output
+    assert "1 filter rows of layer grouped of tiny have an index or channel" in result.output
+    assert "layer depthwise of tiny has conv_depth 7 outside 0..3" in result.output
 
 
 KILLED_INGEST = """
