@@ -42,7 +42,9 @@ NonfiniteOption = Annotated[
     bool, typer.Option("--allow-nonfinite", help="Store NaN/Inf weights instead of refusing.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
-NameOption = Annotated[str | None, typer.Option(help="Model name (default: the file name).")]
+NameOption = Annotated[
+    str | None, typer.Option(help="Model name (default: the file name without its suffix).")
+]
 ArchitectureOption = Annotated[
     str | None,
     typer.Option(help="Architecture name stored for pairing and grouping (default: --arch)."),
@@ -91,7 +93,7 @@ def checkpoint(
         str | None,
         typer.Option(
             help="Architecture: robustbench:<dataset>/<threat>/<name>, timm:<name>, "
-            "torchvision:<name> or a TorchScript file. Without it: 4-D weights in key order."
+            "or torchvision:<name>. Without it: 4-D weights in key order."
         ),
     ] = None,
     name: NameOption = None,

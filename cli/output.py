@@ -84,6 +84,20 @@ def emit_frame(
     Floats keep full precision in every format but ``table``. Parquet is binary and needs
     ``output``.
     """
+    try:
+        written = _write_frame(frame, fmt, output, title=title)
+    except OSError as error:
+        raise FilterdbError(
+            f"cannot write {output}: {error.strerror or error}; check the path"
+        ) from None
+    if written:
+        err_console.print(f"wrote {frame.height} rows to {output}")
+
+
+def _write_frame(
+    frame: pl.DataFrame, fmt: OutputFormat, output: Path | None, *, title: str
+) -> bool:
+    """Print or write ``frame``; True when it went to ``output``."""
     if fmt is OutputFormat.parquet:
         if output is None:
             raise FilterdbError("parquet is binary: give --output FILE.parquet")
@@ -94,7 +108,7 @@ def emit_frame(
                 "--format table prints to the terminal; pick csv, json, parquet or markdown"
             )
         print_frame(frame, title=title)
-        return
+        return False
     else:
         text = {
             OutputFormat.csv: lambda: frame.write_csv(),
@@ -103,6 +117,6 @@ def emit_frame(
         }[fmt]()
         if output is None:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
-            return
+            return False
         output.write_text(text)
-    err_console.print(f"wrote {frame.height} rows to {output}")
+    return True

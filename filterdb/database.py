@@ -41,9 +41,13 @@ def backend_name(engine_or_url: Engine | Connection | str) -> str:
     return _parse_url(engine_or_url).get_backend_name()
 
 
-def create_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
+def create_engine(
+    url: str | None = None, *, read_only: bool = False, create: bool = False
+) -> Engine:
     """Open the database named by ``url`` (see :func:`resolve_url`) and check it answers.
 
+    A DuckDB file that does not exist is an error unless ``create`` (only schema
+    upgrades create one: a mistyped path must not leave an empty database behind).
     ``read_only=True`` opens DuckDB read-only with file and network access disabled and
     the configuration locked, so that a statement cannot reopen them (PLATFORM.md). On
     PostgreSQL read-only work is a per-transaction matter (:mod:`filterdb.query`).
@@ -60,7 +64,7 @@ def create_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
             "postgresql+psycopg://USER@HOST:PORT/DB"
         )
     if backend == "duckdb":
-        engine = _duckdb_engine(parsed, read_only=read_only)
+        engine = _duckdb_engine(parsed, read_only=read_only, create=create)
     else:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -75,9 +79,11 @@ def create_engine(url: str | None = None, *, read_only: bool = False) -> Engine:
 
 
 @contextmanager
-def engine_for(url: str | None = None, *, read_only: bool = False) -> Iterator[Engine]:
+def engine_for(
+    url: str | None = None, *, read_only: bool = False, create: bool = False
+) -> Iterator[Engine]:
     """:func:`create_engine` as a context manager that releases the database at the end."""
-    engine = create_engine(url, read_only=read_only)
+    engine = create_engine(url, read_only=read_only, create=create)
     try:
         yield engine
     finally:
@@ -116,9 +122,9 @@ def _parse_url(url: str) -> sa.URL:
         ) from None
 
 
-def _duckdb_engine(url: sa.URL, *, read_only: bool) -> Engine:
+def _duckdb_engine(url: sa.URL, *, read_only: bool, create: bool) -> Engine:
     path = url.database or ":memory:"
-    if read_only and path != ":memory:" and not os.path.exists(path):
+    if not (create and not read_only) and path != ":memory:" and not os.path.exists(path):
         raise DatabaseError(f"no database at {path}; create it with `filterdb init`")
     config: dict[str, object] = {"memory_limit": DUCKDB_MEMORY_LIMIT}
     if read_only:

@@ -32,6 +32,7 @@ from torch import nn
 
 from filterdb import cache, inventory, migrate
 from filterdb.database import resolve_url
+from filterdb.files import output_directory
 from filterdb.ingest import ingest
 from filterdb.report import write_robust_vs_normal_report
 from filterdb.sources.base import TrainingInfo, files_sha256
@@ -281,7 +282,7 @@ def run_demo(
     say = on_step or (lambda line: None)
     url = resolve_url(url)
     settings = TrainingSettings(epochs=epochs)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_directory(out_dir)
 
     revision = migrate.upgrade(url)
     shown = sa.make_url(url).render_as_string(hide_password=True)

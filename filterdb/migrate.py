@@ -7,6 +7,7 @@ transactional DDL, so a migration that fails midway leaves nothing behind (PLATF
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from alembic.config import Config
 from alembic.ddl.impl import DefaultImpl
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util import CommandError
 from sqlalchemy.engine import Engine
 
 import migrations
@@ -55,13 +57,14 @@ def head_revision() -> str:
 
 
 def upgrade(url: str | None = None, revision: str = "head") -> str | None:
-    """Create the schema or bring it up to ``revision``; returns the revision reached."""
-    return _run(url, command.upgrade, revision)
+    """Create the schema (and the DuckDB file) or bring it up to ``revision``; returns the
+    revision reached."""
+    return _run(url, command.upgrade, revision, create=True)
 
 
 def downgrade(url: str | None = None, revision: str = "-1") -> str | None:
     """Take the schema down to ``revision`` (``base`` removes everything filterdb made)."""
-    return _run(url, command.downgrade, revision)
+    return _run(url, command.downgrade, revision, create=False)
 
 
 def current_revision(url: str | None = None) -> str | None:
@@ -106,10 +109,17 @@ def require_head(engine: Engine) -> None:
     )
 
 
-def _run(url: str | None, step, revision: str) -> str | None:
+def _run(
+    url: str | None, step: Callable[[Config, str], None], revision: str, *, create: bool
+) -> str | None:
     config = alembic_config()
-    with engine_for(url) as engine:
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            step(config, revision)
+    with engine_for(url, create=create) as engine:
+        try:
+            with engine.begin() as connection:
+                config.attributes["connection"] = connection
+                step(config, revision)
+        except CommandError as error:  # an unknown revision, a bad relative step
+            raise DatabaseError(
+                f"{' '.join(str(error).split())}; `filterdb db history` lists the revisions"
+            ) from None
         return revision_of(engine)

@@ -25,6 +25,7 @@ from scipy import stats
 from filterdb import cache, plots
 from filterdb.cache import PROFILE_METRICS, ComputeProgress
 from filterdb.database import engine_for, read_frame
+from filterdb.files import output_directory
 from filterdb.groups import scaled_filters_by, stored_layers
 from filterdb.metrics.drift import drift_series
 from filterdb.metrics.pca import N_WEIGHTS, NoPCA
@@ -394,7 +395,7 @@ def write_robust_vs_normal_report(
     statistics = robust_vs_normal_statistics(profile, pairing)
     drift = drift_by_depth(url, pairing)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    output_directory(out_dir)
     paths = {
         name: out_dir / name
         for name in (
@@ -652,7 +653,7 @@ def compare_models(
     bins = _bins_side_by_side(profile, model_a, model_b)
     plot = None
     if out_dir is not None:
-        out_dir.mkdir(parents=True, exist_ok=True)
+        output_directory(out_dir)
         plot = plots.comparison_plot(
             bins,
             out_dir / "comparison.png",

@@ -82,6 +82,8 @@ training = sa.Table(
     sa.Column("footnote", sa.String),
     sa.Column("unreliable", sa.Boolean),
     sa.Column("number_forward_passes", sa.Integer),
+    # Last, where migration 0002's ALTER TABLE put it.
+    sa.Column("corruptions_acc", sa.Double),
     sa.CheckConstraint("training_type IN ('adversarial', 'normal')", name="training_type_known"),
 )
 

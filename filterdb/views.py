@@ -110,6 +110,7 @@ V_MODELS = View(
         "extra_data": "True when trained with extra data, NULL when unknown.",
         "clean_acc": _TRAINING_COLUMNS["clean_acc"],
         "robust_acc": _TRAINING_COLUMNS["robust_acc"],
+        "corruptions_acc": "Accuracy in percent under common corruptions, NULL when unknown.",
         "venue": "Where the paper appeared (HTML stripped).",
         "paper_url": "Link to the paper.",
         "n_layers": "Number of stored 3x3 conv layers.",
@@ -123,7 +124,7 @@ V_MODELS = View(
 SELECT m.model_id, m.name AS model_name, m.source, m.architecture, m.family,
     m.n_parameters, t.training_dataset, t.pretraining_dataset, t.training_type,
     (t.training_type = 'adversarial') AS robust, t.threat_model, t.eps, t.eps_text,
-    t.extra_data, t.clean_acc, t.robust_acc, t.venue, t.paper_url,
+    t.extra_data, t.clean_acc, t.robust_acc, t.corruptions_acc, t.venue, t.paper_url,
     CAST(COALESCE(c.n_layers, 0) AS BIGINT) AS n_layers,
     CAST(COALESCE(c.n_filters, 0) AS BIGINT) AS n_filters,
     m.n_unreached_convs, c.depth_method, m.checkpoint_sha256, m.ingested_at

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from filterdb import schema
 from filterdb.database import engine_for, read_frame
-from filterdb.errors import CheckpointMissing
+from filterdb.errors import CheckpointMissing, SourceError
 from filterdb.migrate import require_head
 from filterdb.sources import robustbench as zoo_source
 from filterdb.sources.base import Candidate, files_sha256
@@ -46,6 +46,8 @@ def zoo_selection(
     ``names=None`` missing entries are listed in ``missing`` and skipped. ``model_info``
     (directory or URL of RobustBench's ``model_info`` tree) adds leaderboard metadata.
     """
+    if model_info is not None:
+        require_model_info(model_info)
     every = names is None
     candidates, missing = [], []
     for name in zoo_source.zoo_entries(dataset, threat_model) if every else names:
@@ -81,24 +83,40 @@ def sync_leaderboard(url: str | None = None, *, model_info: str | Path) -> SyncR
     Stored RobustBench models are named ``<dataset>/<threat>/<entry>``; each gets the
     training row and architecture of its ``model_info`` file, in one transaction.
     """
-    updated, absent = [], []
+    require_model_info(model_info)
     with engine_for(url) as engine:
         require_head(engine)
-        with engine.begin() as connection:
-            rows = connection.execute(
+        with engine.connect() as connection:
+            stored = connection.execute(
                 sa.select(schema.model.c.model_id, schema.model.c.name).where(
                     schema.model.c.source == zoo_source.SOURCE
                 )
             ).all()
-            for model_id, name in rows:
-                dataset, threat_model, entry_name = name.split("/", 2)
-                entry = read_entry(model_info, dataset, threat_model, entry_name)
-                if entry is None:
-                    absent.append(name)
-                    continue
-                _write_leaderboard(connection, model_id, entry)
-                updated.append(name)
-    return SyncResult(updated, absent)
+        # Read every file first (perhaps over the network), then write in one short
+        # transaction: DuckDB has one writer per file (SPEC section 3).
+        entries = {
+            model_id: read_entry(model_info, *name.split("/", 2)) for model_id, name in stored
+        }
+        with engine.begin() as connection:
+            for model_id, entry in entries.items():
+                if entry is not None:
+                    _write_leaderboard(connection, model_id, entry)
+    names = dict(stored)
+    return SyncResult(
+        updated=[names[i] for i, entry in entries.items() if entry is not None],
+        not_on_leaderboard=[names[i] for i, entry in entries.items() if entry is None],
+    )
+
+
+def require_model_info(location: str | Path) -> None:
+    """Refuse, in one line, a local ``model_info`` location that is not a directory."""
+    if str(location).startswith(("http://", "https://")):
+        return
+    if not Path(location).is_dir():
+        raise SourceError(
+            f"no RobustBench model_info tree at {location}; give the directory that holds "
+            "cifar10/, cifar100/ and imagenet/ (or their URL)"
+        )
 
 
 def leaderboard_status(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -236,7 +237,7 @@ def bad_checkpoints(tmp_path: Path, state_dict: dict) -> dict[str, tuple[Path, s
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     garbage = tmp_path / "garbage.pt"
-    garbage.write_bytes(os.urandom(4096))
+    garbage.write_bytes(random.Random(0).randbytes(4096))
     html = tmp_path / "html.pt"
     html.write_text("<!DOCTYPE html><html><body>Google Drive quota exceeded</body></html>")
     pickle_code = save({"weights": RunsCode(tmp_path / "marker")}, tmp_path / "code.pt")

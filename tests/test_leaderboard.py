@@ -10,14 +10,19 @@ import json
 import threading
 import warnings
 from collections.abc import Iterator
+from dataclasses import asdict
+from datetime import datetime
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
+from filterdb import schema
+from filterdb.database import engine_for
 from filterdb.errors import SourceError
 from filterdb.sources.leaderboard import (
     parse_eps,
@@ -120,8 +125,47 @@ def test_standard_corruptions_and_absent_fields(model_info):
     assert augmix.dataset == augmix.training.training_dataset == "cifar100"
     assert (augmix.training.eps_text, augmix.training.eps) == (None, None)
     assert augmix.training.robust_acc is None  # no AutoAttack figure for corruptions
-    assert augmix.corruptions_acc == 64.11
+    assert augmix.training.corruptions_acc == 64.11
     assert augmix.training.clean_acc == 76.28
+
+
+def test_corruptions_accuracy_is_the_raw_figure_for_corruptions_entries(model_info):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dataset mismatches, tested above
+        entries = read_leaderboard(model_info)
+
+    with_figure = [e for e in entries if e.training.corruptions_acc is not None]
+    assert {e.threat_model for e in with_figure} == {"corruptions"}
+    assert len(with_figure) == 48  # 23 cifar10, 13 cifar100, 12 imagenet: counted by hand
+    for entry in entries:
+        raw = json.loads(Path(entry.location).read_text()).get("corruptions_acc")
+        assert entry.training.corruptions_acc == (None if raw is None else float(raw))
+
+
+def test_corruptions_accuracy_reaches_v_models(db_url, model_info):
+    entry = read_entry(model_info, "cifar10", "corruptions", "Hendrycks2020AugMix_ResNeXt")
+    assert json.loads(Path(entry.location).read_text())["corruptions_acc"] == "89.09"
+
+    with engine_for(db_url) as engine, engine.begin() as connection:
+        model_id = connection.execute(
+            sa.insert(schema.model)
+            .values(
+                name=entry.model_id,
+                source="robustbench",
+                checkpoint_sha256="0" * 64,
+                max_conv_depth=0,
+                ingested_at=datetime(2026, 1, 1),
+            )
+            .returning(schema.model.c.model_id)
+        ).scalar_one()
+        # What filterdb.load and filterdb.zoo insert: every TrainingInfo field is a column.
+        connection.execute(
+            sa.insert(schema.training).values(model_id=model_id, **asdict(entry.training))
+        )
+        shown = connection.exec_driver_sql(
+            "SELECT threat_model, corruptions_acc FROM v_models"
+        ).one()
+    assert tuple(shown) == ("corruptions", 89.09)
 
 
 def test_unknown_values_are_none(tmp_path):

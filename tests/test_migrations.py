@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import duckdb
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -9,7 +10,9 @@ from alembic.runtime.migration import MigrationContext
 
 from filterdb import migrate, schema
 from filterdb.database import backend_name, engine_for
+from filterdb.errors import DatabaseError
 from filterdb.views import VIEWS
+from migrations import views_0001
 
 # How DuckDB's catalog names the types SQLAlchemy asks for.
 DUCKDB_TYPE_NAMES = {
@@ -118,18 +121,62 @@ def test_stairway_up_down_up(empty_db_url, revision):
 
 
 def test_rows_survive_an_upgrade(empty_db_url):
-    first = migrate.history()[-1].revision
-    migrate.upgrade(empty_db_url, first)
+    migrate.upgrade(empty_db_url, "0001")
     with engine_for(empty_db_url) as engine, engine.begin() as connection:
         connection.exec_driver_sql(
             "INSERT INTO model (name, source, checkpoint_sha256, max_conv_depth, ingested_at) "
             "VALUES ('kept', 'checkpoint', 'abc', 0, TIMESTAMP '2026-01-01 00:00:00')"
         )
+        connection.exec_driver_sql(
+            "INSERT INTO training (model_id, training_type, threat_model, clean_acc, robust_acc) "
+            "SELECT model_id, 'adversarial', 'Linf', 89.69, 59.53 FROM model"
+        )
     migrate.upgrade(empty_db_url)
     with engine_for(empty_db_url) as engine, engine.connect() as connection:
         names = connection.exec_driver_sql("SELECT name FROM model").scalars().all()
+        training = connection.exec_driver_sql(
+            "SELECT training_type, threat_model, clean_acc, robust_acc, corruptions_acc "
+            "FROM training"
+        ).all()
+        shown = connection.exec_driver_sql(
+            "SELECT model_name, robust_acc, corruptions_acc FROM v_models"
+        ).all()
     assert names == ["kept"]
+    assert [tuple(row) for row in training] == [("adversarial", "Linf", 89.69, 59.53, None)]
+    assert [tuple(row) for row in shown] == [("kept", 59.53, None)]
+
+
+def test_revision_0001_keeps_the_views_it_shipped(empty_db_url):
+    # Going up to 0001, and back down to it, gives the frozen views, not the current ones.
+    def assert_frozen_views() -> None:
+        with engine_for(empty_db_url) as engine, engine.connect() as connection:
+            for view in views_0001.VIEWS:
+                result = connection.exec_driver_sql(f"SELECT * FROM {view.name}")
+                assert list(result.keys()) == list(view.columns), view.name
+
+    migrate.upgrade(empty_db_url, "0001")
+    assert_frozen_views()
+    migrate.upgrade(empty_db_url)
+    assert migrate.downgrade(empty_db_url, "0001") == "0001"
+    assert_frozen_views()
 
 
 def test_a_fresh_database_has_no_revision(empty_db_url):
+    if backend_name(empty_db_url) == "duckdb":
+        duckdb.connect(empty_db_url.removeprefix("duckdb:///")).close()  # an empty file
     assert migrate.current_revision(empty_db_url) is None
+
+
+def test_only_upgrades_create_a_duckdb_file(tmp_path):
+    url = f"duckdb:///{tmp_path / 'typo.duckdb'}"
+    with pytest.raises(DatabaseError, match="no database at .*filterdb init"):
+        migrate.current_revision(url)
+    with pytest.raises(DatabaseError, match="no database at"):
+        migrate.downgrade(url, "base")
+    assert not (tmp_path / "typo.duckdb").exists()
+    assert migrate.upgrade(url) == migrate.head_revision()
+
+
+def test_an_unknown_revision_is_one_line(db_url):
+    with pytest.raises(DatabaseError, match="Can't locate revision .*filterdb db history"):
+        migrate.upgrade(db_url, "bogus")

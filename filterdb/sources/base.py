@@ -8,7 +8,6 @@ them into rows; nothing downstream knows where a model came from.
 from __future__ import annotations
 
 import hashlib
-import pickle
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ class TrainingInfo:
     robust_acc: float | None = None
     autoattack_acc: float | None = None
     external_acc: float | None = None
+    corruptions_acc: float | None = None
     paper_title: str | None = None
     paper_url: str | None = None
     venue: str | None = None
@@ -149,16 +149,10 @@ def load_tensors(path: Path) -> object:
         return torch.load(
             path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
         )
-    # What torch raises for refused pickles and for truncated or foreign bytes (KeyError:
-    # bytes read as a legacy torch pickle).
-    except (
-        pickle.UnpicklingError,
-        RuntimeError,
-        EOFError,
-        KeyError,
-        ValueError,
-        zipfile.BadZipFile,
-    ) as error:
+    # Foreign or truncated bytes make torch's unpickler fail in many ways (UnpicklingError,
+    # EOFError, KeyError, IndexError from its stack, ...): any failure here means the file
+    # is not a checkpoint we can read.
+    except Exception as error:
         text = str(error)
         if "GLOBAL" in text:
             # torch names the global the pickle wanted to call: code, not tensors.

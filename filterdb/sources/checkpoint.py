@@ -1,9 +1,12 @@
 """Torch checkpoints: a state_dict file, with or without an architecture (SPEC section 6).
 
-With an architecture (``robustbench:<dataset>/<threat>/<name>``, ``timm:<name>``,
-``torchvision:<name>`` or a TorchScript file) the state_dict is loaded into it and the
-traced graph gives depth and tells which convs the forward pass reaches. Without one,
-every 4-D weight is a conv in key order, and depth is that order.
+With an architecture (``robustbench:<dataset>/<threat>/<name>``, ``timm:<name>`` or
+``torchvision:<name>``) the state_dict is loaded into it and the traced graph gives depth
+and tells which convs the forward pass reaches. Without one, every 4-D weight is a conv in
+key order, and depth is that order.
+
+TorchScript files are not accepted as architectures: loading one runs its code, outside
+the ``weights_only`` guarantee, and torch.fx cannot trace a scripted module.
 """
 
 from __future__ import annotations
@@ -102,15 +105,11 @@ def build_architecture(
     """Build ``arch`` without pretrained weights and load ``state_dict`` into it (strict)."""
     kind, _, spec = arch.partition(":")
     if kind not in ARCH_KINDS:
-        if Path(arch).is_file():
-            module = torch.jit.load(arch, map_location="cpu")
-        else:
-            raise SourceError(
-                f"unknown architecture {arch!r}; use robustbench:<dataset>/<threat>/<name>, "
-                "timm:<name>, torchvision:<name> or the path of a TorchScript file"
-            )
-    else:
-        module = _build_named(kind, spec)
+        raise SourceError(
+            f"unknown architecture {arch!r}; use robustbench:<dataset>/<threat>/<name>, "
+            "timm:<name> or torchvision:<name>"
+        )
+    module = _build_named(kind, spec)
     try:
         module.load_state_dict(dict(state_dict), strict=True)
     except RuntimeError as error:

@@ -35,9 +35,7 @@ class LeaderboardEntry:
 
     ``model_id`` is the file stem and ``dataset`` / ``threat_model`` come from the file's
     path, whatever its ``dataset`` field says. ``training`` holds everything that goes to
-    the ``training`` table. ``corruptions_acc`` is the leaderboard's figure for corruptions
-    entries, kept beside ``training`` because SPEC section 6 does not count it as a robust
-    accuracy. ``location`` is the file or URL it was read from.
+    the ``training`` table. ``location`` is the file or URL it was read from.
     """
 
     model_id: str
@@ -45,7 +43,6 @@ class LeaderboardEntry:
     threat_model: str
     architecture: str | None
     training: TrainingInfo
-    corruptions_acc: float | None
     location: str
 
 
@@ -186,6 +183,9 @@ def _entry_from_json(
         robust_acc=external_acc if external_acc is not None else autoattack_acc,
         autoattack_acc=autoattack_acc,
         external_acc=external_acc,
+        # Corruptions entries' own figure: not a robust accuracy (SPEC section 6), a column
+        # of its own.
+        corruptions_acc=_accuracy(record, "corruptions_acc", location),
         paper_title=_text(record.get("name")),
         paper_url=_text(record.get("link")),
         venue=strip_html(record.get("venue")),
@@ -199,7 +199,6 @@ def _entry_from_json(
         threat_model=threat_model,
         architecture=_text(record.get("architecture")),
         training=training,
-        corruptions_acc=_accuracy(record, "corruptions_acc", location),
         location=location,
     )
 

@@ -186,14 +186,20 @@ def load_zoo_model(
     # then only as good as its weakest member's.
     depth_method = "graph" if depth_methods == {"graph"} else "execution_order"
 
+    n_parameters = sum(p.numel() for p in model.parameters())
+    # Without the leaderboard's name ("WideResNet-28-10") the class name alone would make
+    # WRN-28-10 and WRN-34-10 one architecture for pairing; the size tells them apart.
+    architecture = (leaderboard.architecture if leaderboard else None) or (
+        f"{family} ({n_parameters:,} parameters)"
+    )
     info = ModelInfo(
         name=zoo_model_name(name, dataset=dataset, threat_model=threat_model),
         source=SOURCE,
         # robustbench's model path; an ensemble's member files carry it as their prefix.
         source_uri=str(paths[0].with_name(f"{name}.pt")),
-        architecture=(leaderboard.architecture if leaderboard else None) or family,
+        architecture=architecture,
         family=family,
-        n_parameters=sum(p.numel() for p in model.parameters()),
+        n_parameters=n_parameters,
         producer=PRODUCER,
         training=training,
     )

@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from filterdb import views
+from migrations import views_0001
 
 revision = "0001"
 down_revision = None
@@ -137,11 +138,13 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("ingest_id", name="pk_ingest_log"),
     )
-    views.create_views(op.get_bind())
+    # The views as 0001 shipped them, not the current catalogue: later revisions may
+    # reference columns that do not exist yet (filterdb/views.py).
+    views.create_views(op.get_bind(), views_0001.VIEWS)
 
 
 def downgrade() -> None:
-    views.drop_views(op.get_bind())
+    views.drop_views(op.get_bind(), views_0001.VIEWS)
     for table in ("ingest_log", "metric_cache", "filter", "layer", "training", "model"):
         op.drop_table(table)
     for name in SEQUENCES:
