@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -356,30 +355,56 @@ import sys
 from pathlib import Path
 from filterdb.ingest import ingest
 from filterdb.sources.checkpoint import checkpoint_candidate
-ingest(checkpoint_candidate(Path(sys.argv[2])), url=sys.argv[1], device="cpu")
+ingest(
+    checkpoint_candidate(Path(sys.argv[2])),
+    url=sys.argv[1],
+    device="cpu",
+    on_progress=lambda event: print(event.phase, flush=True),
+)
 print("finished", flush=True)
 """
 
 
+def run_and_kill(url: str, path: Path, *, phase: str, delay: float) -> bool:
+    """Start an ingest in a child process, SIGKILL it ``delay`` s after it reaches
+    ``phase``; True when it died before finishing."""
+    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_INGEST, url, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    for line in child.stdout:
+        if line.strip() == phase:
+            break
+    time.sleep(delay)
+    child.send_signal(signal.SIGKILL)
+    rest = child.stdout.read()
+    child.wait()
+    return "finished" not in rest
+
+
 def test_kill_9_during_ingest_leaves_all_or_nothing(db_url, tmp_path):
     torch.manual_seed(1)
-    big = {f"conv{i}.weight": torch.randn(256, 256, 3, 3) for i in range(8)}  # 524,288 filters
+    big = {f"conv{i}.weight": torch.randn(256, 256, 3, 3) for i in range(16)}  # 1M filters
     path = save(big, tmp_path / "big.pt")
     expected = conv_weights(big)
-    environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
-    for delay in (0.5, 1.5, 3.0):
-        child = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(KILLED_INGEST), db_url, str(path)],
-            stdout=subprocess.PIPE,
-            env=environment,
-        )
-        time.sleep(delay)
-        child.send_signal(signal.SIGKILL)
-        child.wait()
+    killed_while_writing = 0
+    for phase, delay in (
+        ("extracting", 0.0),
+        ("writing", 0.0),
+        ("writing", 0.05),
+        ("writing", 0.2),
+    ):
+        died = run_and_kill(db_url, path, phase=phase, delay=delay)
+        killed_while_writing += died and phase == "writing"
         counts = table_counts(db_url)
         assert counts["model"] in (0, 1)
         assert counts["filter"] == counts["model"] * sum(len(v) for v in expected.values())
         assert check.check(db_url) == []
+    # The point of the test: at least one kill landed inside the write transaction.
+    assert killed_while_writing >= 1
     result = ingest(checkpoint_candidate(path), url=db_url, device="cpu")
     assert result.status in ("ingested", "skipped")
     got = stored_filters(db_url, "big")
