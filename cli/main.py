@@ -156,7 +156,9 @@ def metrics(
         DEFAULT_SPARSITY_EPS
     ),
     recompute: Annotated[bool, typer.Option(help="Recompute cached values too.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    device: Annotated[
+        ingest_cli.Device, typer.Option(help="Where to compute: auto is CUDA when available.")
+    ] = ingest_cli.Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compute and cache the metrics of every layer that lacks them (or is stale)."""
@@ -166,7 +168,7 @@ def metrics(
             models=model,
             eps=eps,
             recompute=recompute,
-            device=device,
+            device=device.value,
             on_progress=on_progress,
         )
     if result.n_layers == 0:

@@ -10,7 +10,6 @@ rounded). The plotting functions take plain results, so reports can reuse them.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from filterdb.groups import (
     stored_layers,
 )
 from filterdb.metrics.drift import DriftMatrix, drift_matrix
+from filterdb.metrics.layer import require_eps
 from filterdb.metrics.pca import N_WEIGHTS, NoPCA, PCAResult, fit_pca
 from filterdb.views import DEFAULT_SPARSITY_EPS, DEPTH_BIN_LABELS
 
@@ -93,11 +93,13 @@ def pca_group(url: str | None = None, *, group: str, eps: float = DEFAULT_SPARSI
     Raises
     ------
     FilterdbError
-        Unknown group, a group without stored layers, or a bad ``eps``.
+        Unknown group or a group without stored layers.
+    filterdb.metrics.layer.MetricError
+        ``eps`` is negative, infinite or NaN (checked before anything is read).
     filterdb.metrics.pca.NoPCA
         The group has fewer than 9 non-sparse filters or no variance.
     """
-    _require_eps(eps)
+    require_eps(eps)
     layers = select_layers(stored_layers(url), group)
     scaled = scaled_filters(layers, url=url, eps=eps)
     try:
@@ -127,13 +129,15 @@ def drift(url: str | None = None, *, by: str, eps: float = DEFAULT_SPARSITY_EPS)
     Raises
     ------
     FilterdbError
-        Unknown grouping, an empty database, or a bad ``eps``.
+        Unknown grouping or an empty database.
+    filterdb.metrics.layer.MetricError
+        ``eps`` is negative, infinite or NaN (checked before anything is read).
     filterdb.metrics.pca.NoPCA
         The union of the groups has fewer than 9 non-sparse filters or no variance.
     """
     if by not in GROUPING_COLUMNS:
         raise FilterdbError(f"cannot group by {by!r}; use one of {', '.join(GROUPING_COLUMNS)}")
-    _require_eps(eps)
+    require_eps(eps)
     layers = stored_layers(url)
     if layers.height == 0:
         raise FilterdbError("the database holds no layers; ingest models first (`filterdb ingest`)")
@@ -308,13 +312,6 @@ def plot_drift_heatmap(result: DriftMatrix, path: Path, *, title: str) -> Path:
     axis.set_title(f"{title}\n{subtitle}", fontsize=10)
     figure.savefig(path, format="png")
     return path
-
-
-def _require_eps(eps: float) -> None:
-    if not (0 <= eps < math.inf):
-        raise FilterdbError(
-            f"sparsity eps must be finite and >= 0, got {eps!r}; the default is 0.01"
-        )
 
 
 def _output_dir(out_dir: Path) -> Path:

@@ -24,7 +24,12 @@ from filterdb.extract import resolve_device
 from filterdb.fetch import iter_layer_filters, read_ahead
 from filterdb.inventory import require_models
 from filterdb.load import utc_now
-from filterdb.metrics.layer import EPS_DEPENDENT_METRICS, METRIC_VERSIONS, layer_metrics
+from filterdb.metrics.layer import (
+    EPS_DEPENDENT_METRICS,
+    METRIC_VERSIONS,
+    layer_metrics,
+    require_eps,
+)
 from filterdb.migrate import require_head
 from filterdb.views import DEFAULT_SPARSITY_EPS, METRIC_COLUMNS
 
@@ -67,8 +72,17 @@ def compute_metrics(
     """Compute and cache every metric of SPEC section 5 that is missing or stale.
 
     ``models`` limits the work to those model names; ``recompute`` recomputes everything
-    in scope. ``eps`` is the sparsity threshold, part of the cache key.
+    in scope. ``eps`` is the sparsity threshold, part of the cache key. A layer with NaN
+    or infinite weights gets NULL values (:func:`filterdb.metrics.layer.layer_metrics`).
+
+    Raises
+    ------
+    filterdb.metrics.layer.MetricError
+        ``eps`` is negative, infinite or NaN; checked before the database is opened.
+    filterdb.errors.FilterdbError
+        No CUDA device for ``device="cuda"``, a database not at head, an unknown model.
     """
+    require_eps(eps)
     target = resolve_device(device)
     with engine_for(url) as engine:
         require_head(engine)
@@ -99,7 +113,9 @@ def depth_profile(url: str | None = None, *, models: list[str] | None = None) ->
     ``(0.0, 0.1]`` ... ``(0.9, 1.0]``, assigned from the integers (``v_layers.depth_bin``).
     A bin's value is sum(value x support) / sum(support) over its layers whose value is not
     NULL: the share of sparse filters for sparsity, entropies weighted by the filters they
-    were computed on, orthogonality by C_out. Values use the default sparsity threshold.
+    were computed on, orthogonality by C_out. Values use the default sparsity threshold and
+    the current metric versions: a metric whose version was bumped is NULL until
+    :func:`compute_metrics` computes it again.
     """
     with engine_for(url) as engine:
         require_head(engine)
@@ -112,8 +128,11 @@ def depth_profile(url: str | None = None, *, models: list[str] | None = None) ->
     keys = ["model_id", "model_name", "training_type", "training_dataset", "architecture"]
     keys += ["depth_bin_index", "depth_bin"]
     bins = rows.group_by(keys).agg(pl.col("layer_id").n_unique().alias("n_layers"))
+    current = _current_keys(eps=DEFAULT_SPARSITY_EPS)
     pooled = (
-        rows.filter(pl.col("value").is_not_null())
+        rows.with_columns(pl.col("version").cast(pl.Int64))
+        .join(current, on=["metric", "params", "version"], how="semi")
+        .filter(pl.col("value").is_not_null())
         .group_by([*keys, "metric"])
         .agg(((pl.col("value") * pl.col("support")).sum() / pl.col("support").sum()).alias("value"))
     )
@@ -126,13 +145,27 @@ def depth_profile(url: str | None = None, *, models: list[str] | None = None) ->
     return profile.sort(["model_name", "depth_bin_index"])
 
 
-_PROFILE_SQL = f"""
+# Every layer (a bin counts its layers even with nothing cached) with its cached rows; which
+# rows count (default eps, current versions) is decided by _current_keys, in one place.
+_PROFILE_SQL = """
 SELECT l.model_id, l.model_name, l.training_type, l.training_dataset, l.architecture,
-    l.depth_bin_index, l.depth_bin, l.layer_id, c.metric, c.value, c.support
+    l.depth_bin_index, l.depth_bin, l.layer_id, c.metric, c.params, c.version, c.value,
+    c.support
 FROM v_layers l
 LEFT JOIN metric_cache c ON c.layer_id = l.layer_id
-    AND c.params IN ('', '{metric_params("sparsity", eps=DEFAULT_SPARSITY_EPS)}')
 """
+
+
+def _current_keys(*, eps: float) -> pl.DataFrame:
+    """The cache key (metric, params, version) of every metric's current value at ``eps``."""
+    return pl.DataFrame(
+        {
+            "metric": list(METRIC_VERSIONS),
+            "params": [metric_params(m, eps=eps) for m in METRIC_VERSIONS],
+            "version": list(METRIC_VERSIONS.values()),
+        },
+        schema={"metric": pl.String, "params": pl.String, "version": pl.Int64},
+    )
 
 
 def _stale(
@@ -152,15 +185,7 @@ def _stale(
         )
     if models is not None:
         layers = layers.filter(pl.col("model_name").is_in(models))
-    wanted = pl.DataFrame(
-        {
-            "metric": list(METRIC_VERSIONS),
-            "params": [metric_params(m, eps=eps) for m in METRIC_VERSIONS],
-            "version": list(METRIC_VERSIONS.values()),
-        },
-        schema={"metric": pl.String, "params": pl.String, "version": pl.Int64},
-    )
-    needed = layers.select("layer_id").join(wanted, how="cross")
+    needed = layers.select("layer_id").join(_current_keys(eps=eps), how="cross")
     if not recompute:
         present = cached.with_columns(
             pl.col("layer_id").cast(layers.schema["layer_id"]), pl.col("version").cast(pl.Int64)

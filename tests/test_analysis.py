@@ -22,13 +22,14 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from test_metrics_cache import trained_state_dict
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from cli.main import app
 from filterdb import analysis, migrate
 from filterdb.errors import FilterdbError
 from filterdb.ingest import ingest
 from filterdb.metrics.drift import DriftMatrix, drift_matrix
+from filterdb.metrics.layer import MetricError
 from filterdb.metrics.pca import fit_pca
 from filterdb.sources.base import TrainingInfo
 from filterdb.sources.checkpoint import checkpoint_candidate
@@ -294,11 +295,11 @@ def test_depth_groups_are_ordered_shallow_to_deep(labels, count):
 # --- the CLI (DuckDB only: the library is tested on both backends above) ------------------
 
 
-def invoke(url: str, *args: str):
+def invoke(url: str, *args: str) -> Result:
     return runner.invoke(app, ["--db", url, *args])
 
 
-def assert_one_line_error(result, fragment: str) -> None:
+def assert_one_line_error(result: Result, fragment: str) -> None:
     assert result.exit_code == 1, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
@@ -345,6 +346,15 @@ def test_cli_errors_are_one_line(stored_duckdb):
     }
     for args, fragment in cases.items():
         assert_one_line_error(invoke(stored_duckdb, *args), fragment)
+
+
+@pytest.mark.parametrize("eps", [-1.0, math.inf, math.nan])
+def test_a_bad_eps_is_refused_before_the_database_is_read(tmp_path, eps):
+    absent = f"duckdb:///{tmp_path / 'no' / 'such.duckdb'}"  # opening it would fail otherwise
+    with pytest.raises(MetricError, match="sparsity eps must be finite and >= 0"):
+        analysis.pca_group(absent, group="all", eps=eps)
+    with pytest.raises(MetricError, match="sparsity eps must be finite and >= 0"):
+        analysis.drift(absent, by="model", eps=eps)
 
 
 def test_drift_of_an_empty_database_is_a_one_line_error(duckdb_url):

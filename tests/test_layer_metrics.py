@@ -14,12 +14,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from filterdb.errors import FilterdbError
 from filterdb.metrics.layer import (
     EPS_DEPENDENT_METRICS,
     METRIC_VERSIONS,
+    MetricError,
     MetricValue,
     expected_random_entropy,
+    is_sparse,
     layer_metrics,
+    require_eps,
+    scale_by_peak,
 )
 from filterdb.views import METRIC_COLUMNS
 
@@ -333,8 +338,68 @@ def test_bad_input_is_refused():
         layer_metrics(np.zeros((4, 2, 5, 5)))
     with pytest.raises(ValueError, match="3, 3"):
         layer_metrics(np.zeros((0, 2, 3, 3)))
-    with pytest.raises(ValueError, match="eps"):
-        layer_metrics(np.ones((2, 2, 3, 3)), eps=-0.1)
+
+
+BAD_EPS = [-0.1, -1e-300, math.inf, math.nan]
+
+
+@pytest.mark.parametrize("eps", BAD_EPS)
+def test_a_bad_eps_is_one_expected_error_everywhere(eps):
+    peaks = np.ones(3)
+    refusals = [
+        lambda: require_eps(eps),
+        lambda: is_sparse(peaks, 1.0, eps=eps),
+        lambda: is_sparse(torch.from_numpy(peaks), 1.0, eps=eps),
+        lambda: layer_metrics(np.ones((2, 2, 3, 3)), eps=eps),
+    ]
+    for refuse in refusals:
+        with pytest.raises(MetricError, match="^sparsity eps must be finite and >= 0") as info:
+            refuse()
+        assert isinstance(info.value, FilterdbError)  # the CLI prints it in one line
+        assert "\n" not in str(info.value)
+    for good in (0.0, -0.0, 0.01, 1.0, 5.0):
+        require_eps(good)
+
+
+def test_numpy_and_torch_share_the_sparse_rule_and_the_scaling():
+    filters = np.array([[3.0, -4.0] + [0.0] * 7, [0.0] * 9, [0.04, 0.0] + [0.0] * 7])
+    peaks = np.array([4.0, 0.0, 0.04])
+    expected_sparse = [False, True, True]  # 0.04 <= 0.01 * 4: at the threshold is sparse
+    expected_scaled = [[0.75, -1.0] + [0.0] * 7, [0.0] * 9, [1.0] + [0.0] * 8]
+    for kind in (np.asarray, torch.from_numpy):
+        assert is_sparse(kind(peaks), 4.0, eps=0.01).tolist() == expected_sparse
+        # One layer max per filter (a pooled group): each filter judged by its own layer.
+        per_filter = kind(np.array([4.0, 1.0, 3.0]))
+        assert is_sparse(kind(peaks), per_filter, eps=0.01).tolist() == [False, True, False]
+        assert scale_by_peak(kind(filters), kind(peaks)).tolist() == expected_scaled
+
+
+def assert_undefined(got: dict[str, MetricValue], c_out: int, c_in: int, n_kept: int) -> None:
+    """Every value None; supports as for any layer (n_kept: the non-sparse filters)."""
+    n = c_out * c_in
+    assert list(got) == list(METRIC_VERSIONS)
+    expected = {"sparsity": n, "orthogonality": c_out, "l1": 9 * n, "l2": 9 * n}
+    for name in ENTROPIES:
+        kept = n if name == "variance_entropy" else n_kept
+        expected[name] = expected[f"{name}_norm"] = kept
+    assert got == {name: MetricValue(None, support) for name, support in expected.items()}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.filterwarnings("error")
+def test_non_finite_weights_make_every_metric_null(device):
+    weight = random_layer(4, c_out=6, c_in=3, n_tiny=4, dtype=np.float32)
+    nan = weight.copy()
+    nan[2, 1, 0, 0] = np.nan
+    # With a NaN layer max no comparison holds: no filter is sparse, all 18 are kept.
+    assert_undefined(layer_metrics(nan, device=device), 6, 3, n_kept=18)
+    infinite = weight.copy()
+    infinite[5, 0, 1, 1] = -np.inf
+    # The layer max is inf: every finite peak is at most 0.01 x inf, and so is inf itself.
+    assert_undefined(layer_metrics(infinite, device=device), 6, 3, n_kept=0)
+    assert_undefined(layer_metrics(infinite, eps=0.0, device=device), 6, 3, n_kept=18)
+    # One channel: the entropies would be None anyway, the supports are as usual.
+    assert_undefined(layer_metrics(nan[2:3, 1:2], device=device), 1, 1, n_kept=1)
 
 
 # --- properties ------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from filterdb import cache, check
 from filterdb.database import engine_for, read_frame
 from filterdb.ingest import ingest
 from filterdb.metrics import layer as layer_metrics_module
+from filterdb.metrics.layer import MetricError
 from filterdb.sources.base import TrainingInfo
 from filterdb.sources.checkpoint import checkpoint_candidate
 from filterdb.views import DEPTH_BIN_LABELS, METRIC_COLUMNS
@@ -72,18 +73,71 @@ def cached_values(url: str) -> pl.DataFrame:
         )
 
 
-def test_layer_metrics_match_the_oracle_on_both_backends(db_url, stored_models):
-    result = filterdb.connect(db_url).compute_metrics(device="cpu")
-    assert result.n_layers == 6 and result.n_values == 6 * len(METRIC_COLUMNS)
-    frame = filterdb.connect(db_url).layer_metrics()
+def assert_rows_match_the_oracle(frame: pl.DataFrame, models: dict) -> None:
     for row in frame.iter_rows(named=True):
-        weight = stored_models[row["model_name"]][f"{row['layer_name']}.weight"].numpy()
+        weight = models[row["model_name"]][f"{row['layer_name']}.weight"].numpy()
         for metric, (expected, _) in oracle(weight).items():
             if expected is None:
                 assert row[metric] is None, metric
             else:
                 assert row[metric] == pytest.approx(expected, rel=METRIC_RTOL), metric
+
+
+def test_layer_metrics_match_the_oracle_on_both_backends(db_url, stored_models):
+    result = filterdb.connect(db_url).compute_metrics(device="cpu")
+    assert result.n_layers == 6 and result.n_values == 6 * len(METRIC_COLUMNS)
+    assert_rows_match_the_oracle(filterdb.connect(db_url).layer_metrics(), stored_models)
     assert check.check(db_url) == []
+
+
+def test_a_layer_with_a_nan_weight_gets_null_metrics_and_the_rest_go_on(
+    db_url, stored_models, tmp_path
+):
+    state = trained_state_dict(2)
+    state["2.weight"][5, 1, 0, 2] = float("nan")
+    torch.save(state, tmp_path / "broken.pt")
+    candidate = checkpoint_candidate(tmp_path / "broken.pt", name="broken")
+    ingest(candidate, url=db_url, device="cpu", allow_nonfinite=True)
+
+    result = cache.compute_metrics(db_url, device="cpu")
+    assert (result.n_models, result.n_layers) == (3, 9)
+    frame = filterdb.connect(db_url).layer_metrics()
+    is_broken = (pl.col("model_name") == "broken") & (pl.col("layer_name") == "2")
+    broken_row = frame.filter(is_broken).select(list(METRIC_COLUMNS)).rows(named=True)
+    assert broken_row == [dict.fromkeys(METRIC_COLUMNS)]
+    assert_rows_match_the_oracle(frame.filter(~is_broken), {**stored_models, "broken": state})
+    # Every value of the layer is cached (as NULL, with its support): nothing is left to do.
+    cached = cached_values(db_url).join(frame.filter(is_broken), on="layer_id")
+    assert cached.height == len(METRIC_COLUMNS) and cached["value"].is_null().all()
+    supports = dict(zip(cached["metric"], cached["support"], strict=True))
+    # Conv2d(8, 12, groups=4): 12 x 2 filters; a NaN layer max makes none of them sparse.
+    assert supports["sparsity"] == supports["variance_entropy_clean"] == 12 * 2
+    assert (supports["orthogonality"], supports["l1"]) == (12, 9 * 12 * 2)
+    assert cache.compute_metrics(db_url, device="cpu").n_layers == 0
+    profile = cache.depth_profile(db_url, models=["broken"])
+    assert profile["sparsity"].is_not_null().sum() == 2  # the two other layers' bins
+
+
+def test_a_bad_eps_is_refused_before_any_work(tmp_path):
+    path = tmp_path / "no" / "such.duckdb"  # opening it would fail otherwise
+    for eps in (-1.0, math.inf, math.nan):
+        with pytest.raises(MetricError, match="sparsity eps must be finite and >= 0"):
+            cache.compute_metrics(f"duckdb:///{path}", eps=eps)
+    result = runner.invoke(app, ["--db", f"duckdb:///{path}", "metrics", "-q", "--eps", "-1"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip() == (
+        "error: sparsity eps must be finite and >= 0, got -1.0; the default is 0.01"
+    )
+
+
+def test_an_unknown_device_is_a_usage_error(tmp_path):
+    path = tmp_path / "metrics.duckdb"
+    result = runner.invoke(app, ["--db", f"duckdb:///{path}", "metrics", "--device", "bogus"])
+    assert result.exit_code == 2, result.output
+    words = " ".join(result.output.replace("│", " ").split())  # unwrap rich's error box
+    assert "Invalid value for '--device': Value error, 'bogus' is not one of 'auto'," in words
+    assert isinstance(result.exception, SystemExit)  # no traceback
+    assert not path.exists()
 
 
 def test_second_run_computes_nothing(db_url, stored_models):
@@ -131,6 +185,26 @@ def test_bumped_version_recomputes_only_that_metric(db_url, stored_models, monke
     assert set(after.filter(~unchanged)["version"]) == {2}
 
 
+def test_depth_profile_reads_current_versions_at_default_eps(db_url, stored_models, monkeypatch):
+    cache.compute_metrics(db_url, eps=0.05, device="cpu")
+    other_eps = cache.depth_profile(db_url)
+    for metric in layer_metrics_module.EPS_DEPENDENT_METRICS:
+        assert other_eps[metric].is_null().all(), metric
+    assert other_eps["orthogonality"].is_not_null().all()
+
+    cache.compute_metrics(db_url, device="cpu")
+    before = cache.depth_profile(db_url)
+    assert before.select(cache.PROFILE_METRICS).null_count().sum_horizontal().item() == 0
+    bumped = {**layer_metrics_module.METRIC_VERSIONS, "orthogonality": 2}
+    monkeypatch.setattr(cache, "METRIC_VERSIONS", bumped)
+    stale = cache.depth_profile(db_url)
+    assert stale["orthogonality"].is_null().all()  # the version-1 rows are still cached
+    others = pl.exclude("orthogonality")
+    assert stale.select(others).equals(before.select(others))
+    cache.compute_metrics(db_url, device="cpu")
+    assert cache.depth_profile(db_url).equals(before)
+
+
 def test_recompute_and_eps_are_part_of_the_key(db_url, stored_models):
     cache.compute_metrics(db_url, device="cpu")
     result = cache.compute_metrics(db_url, eps=0.05, device="cpu")
@@ -141,7 +215,9 @@ def test_recompute_and_eps_are_part_of_the_key(db_url, stored_models):
     assert params == {"", "eps=0.01", "eps=0.05"}
 
 
-def independent_depth_profile(models, frame_layers) -> dict[tuple[str, str], dict]:
+def independent_depth_profile(
+    models: dict[str, dict[str, torch.Tensor]], frame_layers: pl.DataFrame
+) -> dict[tuple[str, str], dict]:
     """Per (model, bin): pooled metrics from the oracle, with SPEC's weights, no filterdb."""
     pooled: dict[tuple[str, str], dict[str, list[float]]] = {}
     for layer in frame_layers.iter_rows(named=True):

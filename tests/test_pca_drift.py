@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from filterdb.errors import FilterdbError
 from filterdb.metrics.drift import BINS, drift_matrix, drift_series
+from filterdb.metrics.layer import MetricError
 from filterdb.metrics.pca import NoPCA, _orientation, fit_pca, scale_non_sparse
 
 TOLERANCE = {"rtol": 1e-9, "atol": 1e-12}
@@ -37,7 +38,7 @@ def oracle_scale(filters: np.ndarray, layer_max: np.ndarray, eps: float = 0.01) 
     return np.array(rows, dtype=np.float64).reshape(-1, 9)
 
 
-def oracle_pca(scaled: np.ndarray):
+def oracle_pca(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(mean, components, explained variance, ratio): SVD, then flip on U (sklearn 0.24.1)."""
     n = len(scaled)
     mean = np.array([math.fsum(scaled[:, j]) / n for j in range(9)])
@@ -141,14 +142,21 @@ def test_scale_non_sparse_matches_oracle_and_drops_an_all_zero_layer():
 def test_scale_non_sparse_agrees_with_the_sparsity_metric():
     # SPEC: PCA drops sparse filters "per layer, as in sparsity"; same mask, same scaling.
     torch = pytest.importorskip("torch")
-    layer_metrics = pytest.importorskip("filterdb.metrics.layer")
+    layer = pytest.importorskip("filterdb.metrics.layer")
     raw, layer_max = raw_model(np.random.default_rng(11), [64])
-    tensor = torch.from_numpy(raw)
-    sparse = layer_metrics.sparse_mask(tensor).numpy()
-    np.testing.assert_array_equal(
-        scale_non_sparse(raw, layer_max[0]),
-        layer_metrics.scale_by_peak(tensor.double())[~torch.from_numpy(sparse)].numpy(),
+    scaled = scale_non_sparse(raw, layer_max[0])
+    metrics = layer.layer_metrics(raw.reshape(-1, 1, 3, 3))
+    assert metrics["sparsity"].value == (len(raw) - len(scaled)) / len(raw)
+    assert metrics["variance_entropy_scaled"].support == len(scaled)
+    assert metrics["variance_entropy_scaled"].value == pytest.approx(
+        layer.variance_entropy(torch.from_numpy(scaled)), rel=1e-12
     )
+
+
+@pytest.mark.parametrize("eps", [-0.01, math.inf, math.nan])
+def test_scale_non_sparse_refuses_a_bad_eps(eps):
+    with pytest.raises(MetricError, match="sparsity eps must be finite and >= 0"):
+        scale_non_sparse(np.ones((3, 9)), 1.0, eps=eps)
 
 
 # --- fit_pca ---------------------------------------------------------------------------------

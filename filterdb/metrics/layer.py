@@ -2,13 +2,14 @@
 
 :func:`layer_metrics` computes every metric of :data:`METRIC_VERSIONS` from a layer's weight
 in one go: one transfer to the device, float64 arithmetic, a 9x9 scatter matrix per entropy
-variant and one C_out x C_out Gram matrix. The small functions it is built from are public
-so that the rest of filterdb (SQL aggregates, PCA) reuses them instead of restating SPEC:
+variant and one C_out x C_out Gram matrix. It is built from small public functions:
 
-- :func:`sparse_mask` and :func:`scale_by_peak` select and scale filters as SPEC does;
+- :func:`require_eps` is the one check of a sparsity threshold, for every caller;
+- :func:`is_sparse` and :func:`scale_by_peak` are SPEC's rule for sparse filters and its
+  per-filter scaling; they take numpy arrays as well as torch tensors, so PCA
+  (:func:`filterdb.metrics.pca.scale_non_sparse`) applies the same code to pooled groups;
 - :func:`variance_entropy` / :func:`variance_entropy_from_covariance` give H of a filter set
-  or of its 9x9 covariance (or any positive multiple of it, e.g. the centred sums of
-  products that SQL computes in one pass);
+  or of its 9x9 covariance (or any positive multiple of it);
 - :func:`expected_random_entropy` and :func:`normalized_entropy` give the ``_norm`` variants;
 - :func:`orthogonality` works on the (C_out, C_in/groups * 9) kernel matrix.
 
@@ -21,14 +22,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
 
+from filterdb.errors import FilterdbError
 from filterdb.views import DEFAULT_SPARSITY_EPS
+
+# A numpy array or a torch tensor: the sparse rule and the scaling are written with
+# operators both support, so that the metrics (torch) and PCA (numpy) share them.
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 # One version per metric; bump a metric's version whenever its definition changes, which
 # invalidates its cached values (SPEC section 5). The names are the v_layer_metrics columns.
+# The cache keeps the version in its key: filterdb.cache computes a metric again when its
+# stored version is not the current one, and depth_profile reads only the current one.
+# v_layer_metrics picks values by their parameters, not their version (a view cannot read
+# this dict), so a bump to N ships with an Alembic migration that deletes the metric's
+# older rows, `DELETE FROM metric_cache WHERE metric = '<name>' AND version < N`: a
+# database at head then never shows a stale value, only NULL until `filterdb metrics`
+# runs. cache._store, which deletes every other version of what it writes, is the second
+# line of defence.
 METRIC_VERSIONS: dict[str, int] = {
     "sparsity": 1,
     "variance_entropy": 1,
@@ -60,6 +75,10 @@ _H_MAX_K = 0.88767525
 _H_MAX_B = -0.31050834
 
 
+class MetricError(FilterdbError):
+    """A metric cannot be computed with the options given (a sparsity eps out of range)."""
+
+
 @dataclass(frozen=True)
 class MetricValue:
     """A metric of one layer and the size of what it was computed on.
@@ -83,6 +102,14 @@ def layer_metrics(
 ) -> dict[str, MetricValue]:
     """Every metric of :data:`METRIC_VERSIONS` for one 3x3 conv layer.
 
+    A layer with a NaN or infinite weight (stored with ``--allow-nonfinite``) gets None for
+    every metric: SPEC section 5 defines none of them there (the entropies' eigen-
+    decomposition would fail, the others would be NaN), and one such layer must not stop
+    the metrics of the other layers and models (:func:`filterdb.cache.compute_metrics`).
+    Its supports are counted by the same rules as for any layer; a comparison with NaN
+    is false, so a NaN layer max makes no filter sparse. The supports weigh values only
+    where the value is not None (SPEC section 5, depth bins).
+
     Parameters
     ----------
     weight
@@ -98,52 +125,87 @@ def layer_metrics(
     -------
     dict
         Metric name to :class:`MetricValue`, keys in :data:`METRIC_VERSIONS` order.
+
+    Raises
+    ------
+    MetricError
+        ``eps`` is negative, infinite or NaN.
+    ValueError
+        ``weight`` is not a non-empty (C_out, C_in / groups, 3, 3) array.
     """
     kernels = _kernels_float64(weight, device)
     filters = kernels.reshape(-1, 9)
-    sparse = sparse_mask(filters, eps=eps)
-    kept = filters[~sparse]
-    n_filters = filters.shape[0]
-
-    results = {"sparsity": MetricValue(int(sparse.sum()) / n_filters, n_filters)}
-    for name, subset in (
-        ("variance_entropy", filters),
-        ("variance_entropy_clean", kept),
-        ("variance_entropy_scaled", scale_by_peak(kept)),
-    ):
-        entropy = variance_entropy(subset)
-        results[name] = MetricValue(entropy, subset.shape[0])
-        results[f"{name}_norm"] = MetricValue(
-            normalized_entropy(entropy, subset.shape[0]), subset.shape[0]
-        )
-    results["orthogonality"] = MetricValue(orthogonality(kernels), kernels.shape[0])
-    results["l1"] = MetricValue(float(filters.abs().sum()), filters.numel())
-    results["l2"] = MetricValue(float(torch.linalg.vector_norm(filters)), filters.numel())
-    return {name: results[name] for name in METRIC_VERSIONS}
-
-
-def sparse_mask(filters: torch.Tensor, *, eps: float = DEFAULT_SPARSITY_EPS) -> torch.Tensor:
-    """Which filters of one layer are sparse: max |w| at most ``eps`` x the layer max.
-
-    ``filters`` is (n, 9) with n >= 1, one row per kernel of one layer; in float64 the
-    threshold is the float64 product ``eps * layer max``. The comparison is ``<=``, as in
-    the robustness paper (CNN Filter DB used ``<``), so an all-zero filter is always sparse
-    and an all-zero layer is all sparse (SPEC section 5). Returns a bool tensor of shape (n,).
-    """
-    # A negative eps would keep all-zero filters, an infinite one makes 0 x inf = NaN.
-    if not 0 <= eps < math.inf:
-        raise ValueError(f"sparsity eps must be finite and >= 0, got {eps!r}")
     peaks = filters.abs().amax(dim=1)
-    return peaks <= eps * peaks.max()
+    sparse = is_sparse(peaks, peaks.max(), eps=eps)
+    kept = filters[~sparse]
+    entropy_sets = {
+        "variance_entropy": filters,
+        "variance_entropy_clean": kept,
+        "variance_entropy_scaled": scale_by_peak(kept, peaks[~sparse]),
+    }
+    n_filters = filters.shape[0]
+    supports = {"sparsity": n_filters, "orthogonality": kernels.shape[0]}
+    supports |= {"l1": filters.numel(), "l2": filters.numel()}
+    for name, subset in entropy_sets.items():
+        supports[name] = supports[f"{name}_norm"] = subset.shape[0]
+    if not bool(torch.isfinite(filters).all()):
+        return {name: MetricValue(None, supports[name]) for name in METRIC_VERSIONS}
+
+    values = {
+        "sparsity": int(sparse.sum()) / n_filters,
+        "orthogonality": orthogonality(kernels),
+        "l1": float(filters.abs().sum()),
+        "l2": float(torch.linalg.vector_norm(filters)),
+    }
+    for name, subset in entropy_sets.items():
+        values[name] = variance_entropy(subset)
+        values[f"{name}_norm"] = normalized_entropy(values[name], subset.shape[0])
+    return {name: MetricValue(values[name], supports[name]) for name in METRIC_VERSIONS}
 
 
-def scale_by_peak(filters: torch.Tensor) -> torch.Tensor:
-    """Each filter divided by its own largest absolute weight; all-zero filters stay zero.
+def require_eps(eps: float) -> None:
+    """Refuse a sparsity threshold that is negative, infinite or NaN (:class:`MetricError`).
 
-    The scaling of ``variance_entropy_scaled`` and of PCA eigen-filters (SPEC section 5).
+    A negative eps would keep all-zero filters, an infinite one makes 0 x inf = NaN. Every
+    function that takes an eps comes through here (:func:`is_sparse` calls it); the
+    long-running ones (:func:`filterdb.cache.compute_metrics`, the PCA and drift of
+    :mod:`filterdb.analysis`) call it before any work.
     """
-    peaks = filters.abs().amax(dim=1, keepdim=True)
-    return filters / torch.where(peaks > 0, peaks, 1.0)
+    if not 0 <= eps < math.inf:
+        raise MetricError(
+            f"sparsity eps must be finite and >= 0, got {eps!r}; "
+            f"the default is {DEFAULT_SPARSITY_EPS}"
+        )
+
+
+def is_sparse(peaks: ArrayT, layer_max: ArrayT | float, *, eps: float) -> ArrayT:
+    """Which filters are sparse: max |w| at most ``eps`` x the max |w| of their layer.
+
+    ``peaks`` holds each filter's largest absolute weight, (n,), and ``layer_max`` the max
+    of its layer: one value, or one per filter for a pooled group (SPEC section 5 judges
+    sparsity per layer). A numpy array or a torch tensor, in float64: the threshold is the
+    float64 product ``eps * layer_max``. The comparison is ``<=``, as in the robustness
+    paper (CNN Filter DB used ``<``), so an all-zero filter is always sparse and an
+    all-zero layer is all sparse. Returns a bool array of the kind of ``peaks``.
+
+    Raises
+    ------
+    MetricError
+        ``eps`` is negative, infinite or NaN.
+    """
+    require_eps(eps)
+    return peaks <= eps * layer_max
+
+
+def scale_by_peak(filters: ArrayT, peaks: ArrayT) -> ArrayT:
+    """Each filter, shape (n, 9), divided by its largest absolute weight ``peaks``, (n,).
+
+    The scaling of ``variance_entropy_scaled`` and of PCA eigen-filters (SPEC section 5);
+    all-zero filters stay zero. A numpy array or a torch tensor, as :func:`is_sparse`.
+    """
+    # peaks + (peaks == 0) is the peak, or 1 for an all-zero filter: bools add as 0 and 1
+    # in numpy and torch alike, where their `where` functions differ.
+    return filters / (peaks + (peaks == 0))[:, None]
 
 
 def variance_entropy(filters: torch.Tensor) -> float | None:
@@ -165,10 +227,10 @@ def variance_entropy_from_covariance(covariance: np.ndarray, *, n_filters: int) 
     """Variance entropy H (log10) of ``n_filters`` filters from their 9x9 covariance matrix.
 
     ``covariance`` may be any positive multiple of the covariance (the scatter matrix of the
-    centred filters, say): H depends only on the shares of its eigenvalues. The eigenvalues
-    are the variances v = s^2 / (m - 1) of SPEC section 5; tiny negative ones from rounding
-    count as 0. H = -sum p log10 p with p = v / sum(v) and 0 log 0 = 0; H = 0 when
-    sum(v) = 0 and None when ``n_filters`` < 2.
+    centred filters, as :func:`variance_entropy` passes): H depends only on the shares of
+    its eigenvalues. The eigenvalues are the variances v = s^2 / (m - 1) of SPEC section 5;
+    tiny negative ones from rounding count as 0. H = -sum p log10 p with p = v / sum(v)
+    and 0 log 0 = 0; H = 0 when sum(v) = 0 and None when ``n_filters`` < 2.
     """
     if n_filters < 2:
         return None

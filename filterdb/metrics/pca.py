@@ -8,12 +8,12 @@ float64, oriented the way scikit-learn 0.24.1 oriented them, which both papers p
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from filterdb.errors import FilterdbError
+from filterdb.metrics.layer import is_sparse, scale_by_peak
 from filterdb.views import DEFAULT_SPARSITY_EPS
 
 N_WEIGHTS = 9  # a 3x3 kernel, w0..w8 row-major
@@ -88,6 +88,12 @@ def scale_non_sparse(
 ) -> np.ndarray:
     """Drop the sparse filters and divide each other one by its own largest |weight|.
 
+    The rule and the scaling are those of the per-layer metrics
+    (:func:`filterdb.metrics.layer.is_sparse`, :func:`~filterdb.metrics.layer.scale_by_peak`),
+    applied here to numpy arrays: this runs on every stored filter for drift, where numpy
+    keeps 13-21 M filters/s on a busy 2-core machine and torch's CPU threads fell to
+    0.5-7 M (measured with layers of 256 to 409,600 filters).
+
     Parameters
     ----------
     filters : (n, 9) array
@@ -103,17 +109,18 @@ def scale_non_sparse(
     -------
     (m, 9) float64
         The non-sparse filters, in input order, each with largest |weight| 1.
+
+    Raises
+    ------
+    filterdb.metrics.layer.MetricError
+        ``eps`` is negative, infinite or NaN.
     """
-    # As filterdb.metrics.layer.sparse_mask: a negative eps would keep all-zero filters.
-    if not 0 <= eps < math.inf:
-        raise ValueError(f"sparsity eps must be finite and >= 0, got {eps!r}")
     filters = as_filters(filters)
-    peak = np.abs(filters).max(axis=1)
+    peaks = np.abs(filters).max(axis=1)
     # The threshold is taken in float64: float32 filters and their layer max are exact
     # there, so only eps * layer_max rounds, once.
-    threshold = eps * np.broadcast_to(np.asarray(layer_max, dtype=np.float64), peak.shape)
-    keep = peak > threshold
-    return filters[keep] / peak[keep, None]
+    kept = ~is_sparse(peaks, np.asarray(layer_max, dtype=np.float64), eps=eps)
+    return scale_by_peak(filters[kept], peaks[kept])
 
 
 _CHUNK_ROWS = 65_536
