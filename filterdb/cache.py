@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from filterdb import schema
 from filterdb.database import engine_for, read_frame
 from filterdb.extract import resolve_device
-from filterdb.fetch import iter_layer_filters, read_ahead
+from filterdb.fetch import iter_layer_filters
 from filterdb.inventory import require_models
 from filterdb.load import utc_now
 from filterdb.metrics.layer import (
@@ -93,7 +93,7 @@ def compute_metrics(
             rows = []
             with engine.connect() as connection:
                 shapes = layers.select("layer_id", "n_filters").iter_rows()
-                weights = read_ahead(iter_layer_filters(connection, shapes))
+                weights = iter_layer_filters(connection, shapes, ahead=True)
                 for layer, filters in zip(layers.iter_rows(named=True), weights, strict=True):
                     rows += _layer_rows(layer, filters, eps=eps, device=target)
                     done += 1

@@ -15,7 +15,7 @@ import polars as pl
 
 from filterdb.database import engine_for, read_frame
 from filterdb.errors import FilterdbError
-from filterdb.fetch import iter_layer_filters, read_ahead
+from filterdb.fetch import iter_layer_filters
 from filterdb.metrics.pca import scale_non_sparse
 from filterdb.migrate import require_head
 from filterdb.views import DEFAULT_SPARSITY_EPS, DEPTH_BIN_LABELS
@@ -93,6 +93,6 @@ def _scaled_per_layer(layers: pl.DataFrame, *, url: str | None, eps: float) -> I
     with engine_for(url) as engine, engine.connect() as connection:
         shapes = layers.select("layer_id", "n_filters").iter_rows()
         for filters, layer_max in zip(
-            read_ahead(iter_layer_filters(connection, shapes)), layers["max_abs"], strict=True
+            iter_layer_filters(connection, shapes, ahead=True), layers["max_abs"], strict=True
         ):
             yield scale_non_sparse(filters, layer_max, eps=eps)

@@ -25,17 +25,18 @@ def stored(db_url, tmp_path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_back(url: str) -> dict[str, bytes]:
+def read_back(url: str, *, ahead: bool = False) -> dict[str, bytes]:
     with engine_for(url) as engine, engine.connect() as connection:
         layers = read_frame(connection, "SELECT layer_id, layer_name, n_filters FROM v_layers")
         shapes = layers.select("layer_id", "n_filters").iter_rows()
-        arrays = list(fetch.iter_layer_filters(connection, shapes))
+        arrays = list(fetch.iter_layer_filters(connection, shapes, ahead=ahead))
     return {name: array.tobytes() for name, array in zip(layers["layer_name"], arrays, strict=True)}
 
 
+@pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("batch_filters", [1, 40, fetch.BATCH_FILTERS])
 def test_filters_come_back_exactly_from_shuffled_storage(
-    db_url, stored, monkeypatch, batch_filters
+    db_url, stored, monkeypatch, batch_filters, ahead
 ):
     with engine_for(db_url) as engine, engine.begin() as connection:
         connection.exec_driver_sql(
@@ -49,7 +50,7 @@ def test_filters_come_back_exactly_from_shuffled_storage(
         key.removesuffix(".weight"): weight.reshape(-1, 9).numpy().tobytes()
         for key, weight in stored.items()
     }
-    assert read_back(db_url) == expected
+    assert read_back(db_url, ahead=ahead) == expected
 
 
 def test_read_ahead_keeps_order_and_raises_the_producers_error():

@@ -64,15 +64,20 @@ class PCAResult:
         computed on their own, stay inside a range [lo, hi] taken over its union.
         """
         filters = as_filters(filters)
-        coefficients = np.empty((len(filters), N_WEIGHTS))
-        # In chunks that stay in cache: the same arithmetic, twice as fast on 7M filters.
+        coefficients = np.empty((N_WEIGHTS, len(filters)))
+        product = np.empty(min(len(filters), _CHUNK_ROWS))
+        # In cache-sized chunks, weight by weight over contiguous columns: the arithmetic
+        # of a plain elementwise sum, several times faster on millions of filters.
         for start in range(0, len(filters), _CHUNK_ROWS):
-            centred = filters[start : start + _CHUNK_ROWS] - self.mean
-            chunk = coefficients[start : start + _CHUNK_ROWS]
-            chunk[:] = 0.0
-            for j in range(N_WEIGHTS):
-                chunk += centred[:, j, None] * self.components[:, j]
-        return coefficients
+            centred = (filters[start : start + _CHUNK_ROWS] - self.mean).T.copy()
+            for k in range(N_WEIGHTS):
+                out = coefficients[k, start : start + _CHUNK_ROWS]
+                out[:] = 0.0
+                for j in range(N_WEIGHTS):
+                    step = product[: len(out)]
+                    np.multiply(centred[j], self.components[k, j], out=step)
+                    out += step
+        return coefficients.T
 
 
 def as_filters(filters: np.ndarray) -> np.ndarray:
