@@ -19,6 +19,7 @@ import polars as pl
 from matplotlib.figure import Figure
 
 from filterdb.errors import FilterdbError
+from filterdb.files import output_directory
 from filterdb.groups import (
     GROUPING_COLUMNS,
     scaled_filters,
@@ -216,7 +217,7 @@ def drift_json(result: DriftMatrix) -> str:
 def write_pca(result: GroupPCA, out_dir: Path) -> list[Path]:
     """Write ``pca.csv``, ``pca.json``, ``pca_components.png`` and ``pca_cumulative.png``
     into ``out_dir`` (created when missing); return the paths written."""
-    out_dir = _output_dir(out_dir)
+    out_dir = output_directory(out_dir)
     title = f"PCA of {result.group}: {result.n_filters:,} non-sparse filters (eps {result.eps:g})"
     csv_path, json_path = out_dir / "pca.csv", out_dir / "pca.json"
     pca_frame(result).write_csv(csv_path)
@@ -232,7 +233,7 @@ def write_pca(result: GroupPCA, out_dir: Path) -> list[Path]:
 def write_drift(result: DriftMatrix, out_dir: Path, *, title: str = "KL drift") -> list[Path]:
     """Write ``drift.csv``, ``drift.json`` and the heatmap ``drift.png`` into ``out_dir``
     (created when missing); return the paths written."""
-    out_dir = _output_dir(out_dir)
+    out_dir = output_directory(out_dir)
     csv_path, json_path = out_dir / "drift.csv", out_dir / "drift.json"
     drift_frame(result).write_csv(csv_path)
     json_path.write_text(drift_json(result) + "\n")
@@ -312,13 +313,3 @@ def plot_drift_heatmap(result: DriftMatrix, path: Path, *, title: str) -> Path:
     axis.set_title(f"{title}\n{subtitle}", fontsize=10)
     figure.savefig(path, format="png")
     return path
-
-
-def _output_dir(out_dir: Path) -> Path:
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise FilterdbError(
-            f"cannot write into {out_dir}: {error.strerror}; pick another directory"
-        ) from None
-    return out_dir
