@@ -17,8 +17,6 @@ import torch
 
 from filterdb.errors import SourceError
 
-TRAINING_TYPES = ("adversarial", "normal")
-
 
 @dataclass
 class TrainingInfo:
@@ -82,9 +80,6 @@ class ConvLayer:
         return self.weight.dim() == 4 and tuple(self.weight.shape[2:]) == (3, 3)
 
 
-DEPTH_METHODS = ("graph", "onnx", "execution_order", "key_order")
-
-
 @dataclass
 class ModelSource:
     """A model ready for extraction.
@@ -92,7 +87,8 @@ class ModelSource:
     ``convs`` are in extraction order (state_dict key order for torch, node order for
     ONNX) and hold only the convs the forward pass reaches when the architecture is known;
     ``n_unreached_convs`` counts the 3x3 convs left out for that reason (SPEC section 4).
-    ``depth_method`` is one of :data:`DEPTH_METHODS`.
+    ``depth_method`` is ``graph`` (torch.fx), ``onnx``, ``execution_order`` (forward hooks)
+    or ``key_order`` (no architecture).
     """
 
     info: ModelInfo
