@@ -31,18 +31,20 @@ def model_dir(tmp_path_factory):
     return directory
 
 
-def invoke(*args: str):
+def invoke(*args: object):
     return runner.invoke(app, [str(a) for a in args])
+
+
+def ingest_zoo(url: str, *options: object):
+    """``filterdb --db URL ingest robustbench OPTIONS...``"""
+    return invoke("--db", url, "ingest", "robustbench", *options)
 
 
 def test_ingest_a_zoo_entry_with_its_leaderboard_data(db_url, model_dir, shared_data):
     dataset, threat, name = ENTRY
     model_info = shared_data / "robustbench_model_info"
-    result = invoke(
-        "--db",
+    result = ingest_zoo(
         db_url,
-        "ingest",
-        "robustbench",
         "--dataset",
         dataset,
         "--threat-model",
@@ -85,11 +87,8 @@ def test_ingest_a_zoo_entry_with_its_leaderboard_data(db_url, model_dir, shared_
 
 def test_all_lists_missing_checkpoints_and_stores_the_rest(duckdb_url, model_dir):
     dataset, threat, name = ENTRY
-    result = invoke(
-        "--db",
+    result = ingest_zoo(
         duckdb_url,
-        "ingest",
-        "robustbench",
         "--dataset",
         dataset,
         "--threat-model",
@@ -122,11 +121,8 @@ def test_all_lists_missing_checkpoints_and_stores_the_rest(duckdb_url, model_dir
 
 
 def test_named_missing_checkpoint_is_one_line_with_the_path(duckdb_url, tmp_path):
-    result = invoke(
-        "--db",
+    result = ingest_zoo(
         duckdb_url,
-        "ingest",
-        "robustbench",
         "--dataset",
         "cifar10",
         "--model",
@@ -142,17 +138,8 @@ def test_named_missing_checkpoint_is_one_line_with_the_path(duckdb_url, tmp_path
 
 
 def test_unknown_zoo_name_is_one_line(duckdb_url, tmp_path):
-    result = invoke(
-        "--db",
-        duckdb_url,
-        "ingest",
-        "robustbench",
-        "--dataset",
-        "cifar10",
-        "--model",
-        "NoSuchModel2099",
-        "--model-dir",
-        tmp_path,
+    result = ingest_zoo(
+        duckdb_url, "--dataset", "cifar10", "--model", "NoSuchModel2099", "--model-dir", tmp_path
     )
     assert result.exit_code == 1
     assert len(result.output.strip().splitlines()) == 1
@@ -160,11 +147,8 @@ def test_unknown_zoo_name_is_one_line(duckdb_url, tmp_path):
 
 def test_leaderboard_sync_fills_models_ingested_without_it(duckdb_url, model_dir, shared_data):
     dataset, threat, name = ENTRY
-    invoke(
-        "--db",
+    ingest_zoo(
         duckdb_url,
-        "ingest",
-        "robustbench",
         "--dataset",
         dataset,
         "--threat-model",
