@@ -246,6 +246,9 @@ def bad_checkpoints(tmp_path: Path, state_dict: dict) -> dict[str, tuple[Path, s
     nan = {k: v.clone() for k, v in state_dict.items()}
     nan["grouped.weight"][0, 0, 1, 1] = float("nan")
     nonfinite = save(nan, tmp_path / "nan.pt")
+    inf = {k: v.clone() for k, v in state_dict.items()}
+    inf["depthwise.weight"][-1, 0, 2, 2] = -float("inf")
+    infinite = save(inf, tmp_path / "inf.pt")
     return {
         "truncated": (truncated, "corrupt or truncated"),
         "garbage": (garbage, "corrupt or truncated"),
@@ -253,11 +256,12 @@ def bad_checkpoints(tmp_path: Path, state_dict: dict) -> dict[str, tuple[Path, s
         "pickle_code": (pickle_code, "weights_only"),
         "no_3x3": (no_3x3, "no 3x3 convolution"),
         "nonfinite": (nonfinite, "--allow-nonfinite"),
+        "infinite": (infinite, "--allow-nonfinite"),
     }
 
 
 @pytest.mark.parametrize(
-    "case", ["truncated", "garbage", "html", "pickle_code", "no_3x3", "nonfinite"]
+    "case", ["truncated", "garbage", "html", "pickle_code", "no_3x3", "nonfinite", "infinite"]
 )
 def test_bad_input_is_one_line_and_leaves_the_database_unchanged(
     db_url, tmp_path, tiny_state_dict, case
