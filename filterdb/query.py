@@ -53,8 +53,12 @@ from sqlalchemy.engine import Connection, Engine
 from filterdb.database import backend_name, engine_for
 from filterdb.errors import QueryFailed, QueryRefused
 from filterdb.migrate import require_head
+from filterdb.schema import metadata
+from filterdb.views import VIEWS
 
 READER_ROLE = "filterdb_reader"
+# What ad-hoc SQL may read on PostgreSQL: filterdb's tables and documented views.
+READABLE_RELATIONS = (*metadata.tables, *(view.name for view in VIEWS))
 
 READ_STATEMENTS = frozenset({"select", "with", "values", "table", "show", "describe", "from"})
 # EXPLAIN ANALYZE runs its statement, so EXPLAIN is allowed only in front of a read statement.
@@ -139,7 +143,7 @@ def ensure_reader_role(engine: Engine) -> str | None:
 
     A login that is (or may become) a superuser gets the NOLOGIN role ``filterdb_reader``,
     created when missing (roles are cluster-wide) and granted USAGE on the current schema
-    and SELECT on its tables and views (grants are per database, and are written only when
+    and SELECT on filterdb's tables and views (grants are per database, and are written only when
     one is missing, so a database whose grants are complete is never written to). Any other
     login runs as itself. Raises :class:`QueryRefused` when the role used could reach server
     files (``pg_read_server_files`` and kin) or, for ``filterdb_reader``, become a superuser.
@@ -150,13 +154,18 @@ def ensure_reader_role(engine: Engine) -> str | None:
             _refuse_powers(connection, "current_user", login_powers)
             return None
         connection.exec_driver_sql(_CREATE_READER_ROLE)
-        if connection.execute(sa.text(_READER_GRANTS_MISSING), {"role": READER_ROLE}).scalar():
-            schema = connection.execute(sa.text("SELECT current_schema()")).scalar_one()
-            schema = connection.dialect.identifier_preparer.quote(schema)
-            connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {schema} TO {READER_ROLE}")
-            connection.exec_driver_sql(
-                f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {READER_ROLE}"
-            )
+        missing = connection.execute(
+            sa.text(_READER_GRANTS_MISSING),
+            {"role": READER_ROLE, "relations": list(READABLE_RELATIONS)},
+        ).scalar()
+        if missing:
+            current = connection.execute(sa.text("SELECT current_schema()")).scalar_one()
+            current = connection.dialect.identifier_preparer.quote(current)
+            connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {current} TO {READER_ROLE}")
+            # filterdb's own tables and views only: other tables in a shared schema are not
+            # ours to open up.
+            relations = ", ".join(READABLE_RELATIONS)
+            connection.exec_driver_sql(f"GRANT SELECT ON {relations} TO {READER_ROLE}")
         reader = f"'{READER_ROLE}'"
         _refuse_powers(connection, reader, _powers(connection, reader))
     return READER_ROLE
@@ -304,9 +313,8 @@ $$
 
 _READER_GRANTS_MISSING = """
 SELECT NOT has_schema_privilege(:role, current_schema(), 'USAGE') OR EXISTS (
-    SELECT FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v', 'm', 'p', 'f')
-        AND NOT has_table_privilege(:role, c.oid, 'SELECT')
+    SELECT FROM unnest(CAST(:relations AS text[])) AS relation
+    WHERE NOT has_table_privilege(:role, relation, 'SELECT')
 )
 """
 

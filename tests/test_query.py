@@ -395,6 +395,15 @@ def test_postgres_reader_role_is_made_for_each_database(seeded_postgres_url):
     assert views
 
 
+def test_postgres_reader_reads_only_filterdbs_relations(seeded_postgres_url):
+    with engine_for(seeded_postgres_url) as engine, engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE someone_elses (secret int)")
+        connection.exec_driver_sql("INSERT INTO someone_elses VALUES (42)")
+    with pytest.raises(QueryFailed, match="permission denied"):
+        query.run_query("SELECT * FROM someone_elses", url=seeded_postgres_url)
+    assert query.run_query("SELECT COUNT(*) AS n FROM v_models", url=seeded_postgres_url).height
+
+
 @pytest.fixture
 def analyst_url(seeded_postgres_url) -> Iterator[str]:
     """URL of a login that is not a superuser and may write the tables (roles are cluster-wide)."""
