@@ -106,14 +106,14 @@ def fresh_database(server_url: str | None, directory: Path, name: str) -> Iterat
     """
     import sqlalchemy as sa
 
-    from filterdb import migrate
+    from filterdb.warehouse import migrate
 
     if server_url is None:
         path = directory / f"{name}.duckdb"
         for stale in (path, path.with_name(path.name + ".wal")):
             stale.unlink(missing_ok=True)
         url = f"duckdb:///{path}"
-        migrate.upgrade(url)
+        migrate.upgrade(url=url)
         yield url
         return
     server = sa.make_url(server_url)
@@ -123,7 +123,7 @@ def fresh_database(server_url: str | None, directory: Path, name: str) -> Iterat
         connection.exec_driver_sql(f'CREATE DATABASE "{database}"')
     try:
         url = server.set(database=database).render_as_string(hide_password=False)
-        migrate.upgrade(url)
+        migrate.upgrade(url=url)
         yield url
     finally:
         with admin.connect() as connection:
@@ -154,7 +154,7 @@ def write_zoo_checkpoint(*, size: str, model_dir: str, seed: int = 0) -> dict:
     """
     import torch
 
-    from filterdb.sources.robustbench import build_zoo_architecture
+    from filterdb.ingest.sources.robustbench import build_zoo_architecture
 
     entry, _ = ZOO_SIZES[size]
     path = Path(model_dir) / ZOO_DATASET / ZOO_THREAT_MODEL / f"{entry}.pt"
@@ -233,11 +233,11 @@ def populate_cached_models(url: str, directory: Path, *, n_models: int) -> dict:
     import sqlalchemy as sa
     import torch
 
-    from filterdb import cache
-    from filterdb.database import engine_for
-    from filterdb.ingest import ingest_all
-    from filterdb.sources.base import TrainingInfo
-    from filterdb.sources.checkpoint import checkpoint_candidate
+    from filterdb.ingest.pipeline import ingest_all
+    from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+    from filterdb.metrics import cache
+    from filterdb.warehouse.database import engine_for
+    from filterdb.warehouse.records import TrainingInfo
 
     directory.mkdir(parents=True, exist_ok=True)
     n_distinct = min(n_models, DISTINCT_MODELS)
@@ -263,10 +263,10 @@ def populate_cached_models(url: str, directory: Path, *, n_models: int) -> dict:
     if failures:
         raise SystemExit(f"setup ingest failed: {failures[0][0]}: {failures[0][1]}")
     with Stopwatch() as computing:
-        computed = cache.compute_metrics(url, models=computed_names, device="cpu")
+        computed = cache.compute_metrics(url=url, models=computed_names, device="cpu")
         with engine_for(url) as engine, engine.begin() as connection:
             connection.execute(sa.text(_COPY_CACHED_METRICS))
-    left = cache.compute_metrics(url, device="cpu").n_layers
+    left = cache.compute_metrics(url=url, device="cpu").n_layers
     if left:
         raise SystemExit(f"setup left {left} layers without cached metrics")
     return {

@@ -50,10 +50,11 @@ def main() -> None:
     parser.add_argument("--widen", type=int, default=16)
     args = parser.parse_args()
     load_filterdb_core()
-    from filterdb.extract import extract
+    from filterdb.ingest.extract import extract
+    from filterdb.ingest.sources.base import ModelSource
+    from filterdb.ingest.sources.checkpoint import convs_in_key_order
     from filterdb.metrics.layer import layer_metrics
-    from filterdb.sources.base import ModelInfo, ModelSource
-    from filterdb.sources.checkpoint import convs_in_key_order
+    from filterdb.warehouse.records import ModelInfo
 
     weights = wide_resnet_weights(args.depth, args.widen)
     source = ModelSource(

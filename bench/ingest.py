@@ -53,11 +53,11 @@ def baseline(*, checkpoint: str, out: str) -> dict:
 
 def ingest_model(*, path: str, url: str, device: str, entry: str | None, model_dir: str) -> dict:
     """Ingest the checkpoint into ``url``: as zoo ``entry`` when given, else as a file."""
-    from filterdb.database import engine_for, read_frame
-    from filterdb.ingest import ingest
-    from filterdb.sources.checkpoint import checkpoint_candidate
-    from filterdb.sources.robustbench_compat import import_robustbench
-    from filterdb.zoo import zoo_selection
+    from filterdb.ingest.pipeline import ingest
+    from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+    from filterdb.ingest.sources.robustbench_compat import import_robustbench
+    from filterdb.ingest.zoo_selection import zoo_selection
+    from filterdb.warehouse.database import engine_for, read_frame
 
     import_robustbench()  # an import, excluded from the time like the baseline's
     with common.Stopwatch() as watch:

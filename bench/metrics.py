@@ -4,7 +4,7 @@
    filters) is ingested into a fresh DuckDB file as a plain checkpoint. In fresh processes:
    - baseline: a straightforward per-layer torch loop over the in-memory 3x3 weights
      (loaded before the clock starts) computing the same metrics in float64;
-   - filterdb: ``filterdb.cache.compute_metrics(url, recompute=True, device=...)``, which
+   - filterdb: ``filterdb.metrics.cache.compute_metrics(url, recompute=True, device=...)``, which
      reads every layer back from the database and writes the cache.
    Targets (issue 4): ratio filterdb / baseline time <= 1.0; peak memory above imports
    <= 2 x the model's float32 3x3 weights. The two results are also compared value by value.
@@ -39,7 +39,7 @@ def baseline(*, checkpoint: str, device: str) -> dict:
     """The researcher's loop: for each 3x3 weight in memory, every metric in float64."""
     import torch
 
-    from filterdb.extract import resolve_device
+    from filterdb.device import resolve_device
 
     target = resolve_device(device)
     state_dict = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
@@ -92,17 +92,17 @@ def baseline_layer_metrics(weight) -> dict[str, float | None]:
 
 def filterdb_metrics(*, url: str, device: str) -> dict:
     """``compute_metrics`` over the whole database, recomputing everything."""
-    from filterdb import cache
+    from filterdb.metrics import cache
 
     with common.Stopwatch() as watch:
-        result = cache.compute_metrics(url, recompute=True, device=device)
+        result = cache.compute_metrics(url=url, recompute=True, device=device)
     return {"seconds": watch.seconds, "rss_before": watch.rss_before, "n_layers": result.n_layers}
 
 
 def ingest_checkpoint(*, path: str, url: str) -> dict:
     """Setup: the checkpoint into ``url`` as a plain file (every 3x3 layer, key order)."""
-    from filterdb.ingest import ingest
-    from filterdb.sources.checkpoint import checkpoint_candidate
+    from filterdb.ingest.pipeline import ingest
+    from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 
     with common.Stopwatch() as watch:
         result = ingest(checkpoint_candidate(Path(path), name="bench"), url=url)

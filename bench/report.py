@@ -3,8 +3,8 @@
 Setup: 100 quarter-width ResNet-18s in a fresh DuckDB file, half adversarially trained,
 half normally, one architecture and training dataset (so they pair), metrics cached (see
 ``common.populate_cached_models``). Then, in a fresh process (imports excluded),
-``filterdb.report.write_robust_vs_normal_report(url, out_dir=...)`` runs several times,
-each into a new directory. Target (issue 5): under 5 s on a 2-core machine.
+``filterdb.reports.robust_vs_normal.write_robust_vs_normal_report(url, out_dir=...)``
+runs several times, each into a new directory. Target (issue 5): under 5 s on a 2-core machine.
 
     .venv/bin/python bench/report.py            # 100 models
     .venv/bin/python bench/report.py --quick    # 10 models: does it work?
@@ -25,12 +25,12 @@ REPEATS = 3
 
 def write_reports(*, url: str, out_dir: str, repeats: int) -> dict:
     """Write the report ``repeats`` times, into ``out_dir/0``, ``out_dir/1``, ..."""
-    from filterdb.report import write_robust_vs_normal_report
+    from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 
     seconds, result = [], None
     for attempt in range(repeats):
         with common.Stopwatch() as watch:
-            result = write_robust_vs_normal_report(url, out_dir=Path(out_dir) / str(attempt))
+            result = write_robust_vs_normal_report(url=url, out_dir=Path(out_dir) / str(attempt))
         seconds.append(watch.seconds)
     files = sorted(Path(out_dir, "0").iterdir())
     return {

@@ -10,11 +10,12 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from cli.options import database_url
-from cli.output import OutputFormat, emit_frame, err_console, one_line_errors
-from filterdb import analysis
-from filterdb.groups import GROUPING_COLUMNS
-from filterdb.views import DEFAULT_SPARSITY_EPS
+from filterdb.analysis import pca_drift as analysis
+from filterdb.analysis.groups import GROUPING_COLUMNS
+from filterdb.cli.options import database_url
+from filterdb.cli.output import OutputFormat, emit_frame, err_console, one_line_errors
+from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
+from filterdb.reports import pca_drift as pca_drift_files
 
 app = typer.Typer()
 
@@ -53,8 +54,8 @@ def pca(
 ) -> None:
     """PCA eigen-filters of a group: components, explained variance, cumulative ratio."""
     with one_line_errors():
-        result = analysis.pca_group(database_url(context), group=group, eps=eps)
-        written = analysis.write_pca(result, out) if out else []
+        result = analysis.pca_group(url=database_url(context), group=group, eps=eps)
+        written = pca_drift_files.write_pca(result, out) if out else []
     title = f"PCA of {group}: {result.n_filters:,} non-sparse filters"
     _emit(analysis.pca_frame(result), analysis.pca_json(result), fmt, title=title)
     _report_written(written)
@@ -71,8 +72,8 @@ def drift(
     """KL drift between every two groups, on one basis fitted on their union."""
     title = f"KL drift by {by}"
     with one_line_errors():
-        result = analysis.drift(database_url(context), by=by, eps=eps)
-        written = analysis.write_drift(result, out, title=title) if out else []
+        result = analysis.drift(url=database_url(context), by=by, eps=eps)
+        written = pca_drift_files.write_drift(result, out, title=title) if out else []
     frame = analysis.drift_frame(result)
     if fmt is ResultFormat.table:  # people also want each group's size
         frame = frame.insert_column(1, pl.Series("n_filters", result.n_filters))

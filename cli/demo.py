@@ -8,9 +8,9 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from cli.options import database_url
-from cli.output import console, one_line_errors, print_frame
-from filterdb.demo import DEFAULT_EPOCHS, QUICK_EPOCHS, DemoResult, run_demo
+from filterdb.cli.options import database_url
+from filterdb.cli.output import console, one_line_errors, print_frame
+from filterdb.demo.run import DEFAULT_EPOCHS, QUICK_EPOCHS, DemoResult, run_demo
 
 app = typer.Typer()
 
@@ -43,7 +43,7 @@ def demo(
         raise typer.BadParameter("give --quick or --epochs, not both", param_hint="--epochs")
     with one_line_errors():
         result = run_demo(
-            database_url(context),
+            url=database_url(context),
             out_dir=out,
             epochs=QUICK_EPOCHS if quick else epochs or DEFAULT_EPOCHS,
             retrain=retrain,

@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from cli.options import database_url
-from cli.output import console, one_line_errors
-from filterdb.export import export_hdf5, export_parquet
+from filterdb.cli.options import database_url
+from filterdb.cli.output import console, one_line_errors
+from filterdb.reports.export import export_hdf5, export_parquet
 
 app = typer.Typer()
 
@@ -45,7 +45,9 @@ def export(
 ) -> None:
     """Write the stored filters for other tools: CNN Filter DB notebooks, DuckDB, Polars."""
     with one_line_errors():
-        result = EXPORTERS[fmt](database_url(context), out=out, models=model, overwrite=overwrite)
+        result = EXPORTERS[fmt](
+            url=database_url(context), out=out, models=model, overwrite=overwrite
+        )
     console.print(
         f"wrote {result.n_filters:,} filters of {result.n_layers:,} layers "
         f"({result.n_models} model{'' if result.n_models == 1 else 's'}) to {result.path}",

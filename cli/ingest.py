@@ -8,15 +8,16 @@ from typing import Annotated
 
 import typer
 
-from cli.options import database_url
-from cli.output import console, err_console, one_line_errors
-from cli.progress import ingest_progress
+from filterdb.cli.options import database_url
+from filterdb.cli.output import console, err_console, one_line_errors
+from filterdb.cli.progress import ingest_progress
 from filterdb.errors import FilterdbError
-from filterdb.ingest import IngestResult, ingest_all
-from filterdb.sources import checkpoint as checkpoint_source
-from filterdb.sources import leaderboard, onnx_file
-from filterdb.sources.base import Candidate, TrainingInfo
-from filterdb.zoo import DEFAULT_MODEL_DIR, zoo_selection
+from filterdb.ingest.pipeline import IngestResult, ingest_all
+from filterdb.ingest.sources import checkpoint as checkpoint_source
+from filterdb.ingest.sources import leaderboard, onnx_file
+from filterdb.ingest.sources.base import Candidate
+from filterdb.ingest.zoo_selection import DEFAULT_MODEL_DIR, zoo_selection
+from filterdb.warehouse.records import TrainingInfo
 
 app = typer.Typer(help="Store every 3x3 filter of a model.", no_args_is_help=True)
 

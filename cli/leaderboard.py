@@ -6,10 +6,10 @@ from typing import Annotated
 
 import typer
 
-from cli.ingest import Dataset, ModelDirOption, ThreatModel
-from cli.options import database_url
-from cli.output import console, err_console, one_line_errors, print_frame
-from filterdb.zoo import DEFAULT_MODEL_DIR, leaderboard_status, sync_leaderboard
+from filterdb.cli.ingest import Dataset, ModelDirOption, ThreatModel
+from filterdb.cli.options import database_url
+from filterdb.cli.output import console, err_console, one_line_errors, print_frame
+from filterdb.ingest.zoo_selection import DEFAULT_MODEL_DIR, leaderboard_status, sync_leaderboard
 
 app = typer.Typer(help="RobustBench leaderboard metadata and zoo status.", no_args_is_help=True)
 
@@ -23,7 +23,7 @@ def sync(
 ) -> None:
     """Write leaderboard figures (accuracies, eps, venue...) into the stored zoo models."""
     with one_line_errors():
-        result = sync_leaderboard(database_url(context), model_info=model_info)
+        result = sync_leaderboard(url=database_url(context), model_info=model_info)
     console.print(f"updated {len(result.updated)} models")
     for name in result.not_on_leaderboard:
         err_console.print(f"not on the leaderboard: {name}", markup=False)
@@ -41,7 +41,7 @@ def status(
     """Per zoo entry: ingested, out of date, not ingested, or checkpoint missing."""
     with one_line_errors():
         frame = leaderboard_status(
-            database_url(context),
+            url=database_url(context),
             dataset=dataset.value,
             threat_model=threat_model.value,
             model_dir=model_dir,

@@ -10,10 +10,10 @@ from typing import Annotated
 
 import typer
 
-from cli import analysis, demo, export, leaderboard, report
-from cli import ingest as ingest_cli
-from cli.options import FormatOption, OutputOption, database_url
-from cli.output import (
+from filterdb.cli import analysis, demo, export, leaderboard, report
+from filterdb.cli import ingest as ingest_cli
+from filterdb.cli.options import FormatOption, OutputOption, database_url
+from filterdb.cli.output import (
     OutputFormat,
     console,
     emit_frame,
@@ -21,12 +21,13 @@ from cli.output import (
     one_line_errors,
     print_frame,
 )
-from cli.progress import compute_progress
-from filterdb import cache, inventory, migrate
-from filterdb import check as consistency
-from filterdb.database import URL_ENVIRONMENT_VARIABLE
-from filterdb.query import run_query
-from filterdb.views import DEFAULT_SPARSITY_EPS, METRIC_COLUMNS
+from filterdb.cli.progress import compute_progress
+from filterdb.metrics import cache
+from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS, METRICS
+from filterdb.warehouse import check as consistency
+from filterdb.warehouse import inventory, migrate
+from filterdb.warehouse.database import URL_ENVIRONMENT_VARIABLE
+from filterdb.warehouse.query import run_query
 
 app = typer.Typer(
     help="A data warehouse of trained 3x3 convolution filters.",
@@ -63,7 +64,7 @@ def main_options(
 def init(context: typer.Context) -> None:
     """Create the database, or upgrade it to the newest schema."""
     with one_line_errors():
-        revision = migrate.upgrade(database_url(context))
+        revision = migrate.upgrade(url=database_url(context))
     console.print(f"database at revision {revision} (head)")
 
 
@@ -74,7 +75,7 @@ def db_upgrade(
 ) -> None:
     """Upgrade the schema to REVISION (default: head)."""
     with one_line_errors():
-        reached = migrate.upgrade(database_url(context), revision)
+        reached = migrate.upgrade(revision, url=database_url(context))
     console.print(f"database at revision {reached}")
 
 
@@ -85,7 +86,7 @@ def db_downgrade(
 ) -> None:
     """Downgrade the schema to REVISION ('base' drops every filterdb table and view)."""
     with one_line_errors():
-        reached = migrate.downgrade(database_url(context), revision)
+        reached = migrate.downgrade(revision, url=database_url(context))
     console.print(f"database at revision {reached or 'base'}")
 
 
@@ -93,7 +94,7 @@ def db_downgrade(
 def db_current(context: typer.Context) -> None:
     """Print the database's schema revision."""
     with one_line_errors():
-        revision = migrate.current_revision(database_url(context))
+        revision = migrate.current_revision(url=database_url(context))
     head = migrate.head_revision()
     if revision is None:
         console.print("no filterdb schema (run `filterdb init`)")
@@ -114,7 +115,7 @@ def db_history() -> None:
 def models(context: typer.Context) -> None:
     """List the stored models with their training, accuracies and counts."""
     with one_line_errors():
-        frame = inventory.models(database_url(context))
+        frame = inventory.models(url=database_url(context))
     summary = frame.select(inventory.MODEL_SUMMARY_COLUMNS)
     print_frame(summary, title="models", empty="no models stored yet")
 
@@ -123,7 +124,7 @@ def models(context: typer.Context) -> None:
 def check(context: typer.Context) -> None:
     """Verify the warehouse: filter counts, orphan rows, models without layers."""
     with one_line_errors():
-        problems = consistency.check(database_url(context))
+        problems = consistency.check(url=database_url(context))
     for problem in problems:
         err_console.print(f"problem: {problem}", markup=False, soft_wrap=True)
     if problems:
@@ -139,8 +140,8 @@ def layers(
 ) -> None:
     """List a model's stored 3x3 layers with depth, channels and cached metrics."""
     with one_line_errors():
-        frame = inventory.layer_metrics(database_url(context), model=model)
-    cached = [c for c in METRIC_COLUMNS if frame[c].is_not_null().any()]
+        frame = inventory.layer_metrics(url=database_url(context), model=model)
+    cached = [c for c in METRICS if frame[c].is_not_null().any()]
     print_frame(frame.select([*inventory.LAYER_SUMMARY_COLUMNS, *cached]), title=model)
     if not cached:
         console.print("no metrics cached yet: run `filterdb metrics`")
@@ -164,7 +165,7 @@ def metrics(
     """Compute and cache the metrics of every layer that lacks them (or is stale)."""
     with one_line_errors(), compute_progress(quiet=quiet) as on_progress:
         result = cache.compute_metrics(
-            database_url(context),
+            url=database_url(context),
             models=model,
             eps=eps,
             recompute=recompute,
@@ -191,7 +192,7 @@ def depth_profile(
 ) -> None:
     """Each metric per model and depth bin (first layer, then deciles of depth)."""
     with one_line_errors():
-        frame = cache.depth_profile(database_url(context), models=model)
+        frame = cache.depth_profile(url=database_url(context), models=model)
         emit_frame(frame, fmt, output, title="depth profile")
 
 

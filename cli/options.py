@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cli.output import OutputFormat
+from filterdb.cli.output import OutputFormat
 
 
 def database_url(context: typer.Context) -> str | None:

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from filterdb.errors import FilterdbError
+from filterdb.reports.document import markdown_table
 
 # Piped output is read by programs or saved: do not squeeze tables into 80 columns.
 PIPED_WIDTH = 200
@@ -65,17 +66,6 @@ class OutputFormat(StrEnum):
     markdown = "markdown"
 
 
-def markdown_table(frame: pl.DataFrame) -> str:
-    """``frame`` as a GitHub-flavoured Markdown table (full-precision values)."""
-    header = "| " + " | ".join(frame.columns) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    rows = [
-        "| " + " | ".join("" if v is None else str(v) for v in row) + " |"
-        for row in frame.iter_rows()
-    ]
-    return "\n".join([header, rule, *rows]) + "\n"
-
-
 def emit_frame(
     frame: pl.DataFrame, fmt: OutputFormat, output: Path | None, *, title: str = ""
 ) -> None:
@@ -113,7 +103,7 @@ def _write_frame(
         text = {
             OutputFormat.csv: lambda: frame.write_csv(),
             OutputFormat.json: lambda: frame.write_json(),
-            OutputFormat.markdown: lambda: markdown_table(frame),
+            OutputFormat.markdown: lambda: markdown_table(frame, full_precision=True),
         }[fmt]()
         if output is None:
             sys.stdout.write(text if text.endswith("\n") else text + "\n")

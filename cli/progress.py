@@ -15,9 +15,9 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from cli.output import err_console
-from filterdb.cache import ComputeProgress
-from filterdb.ingest import IngestEvent, ProgressCallback
+from filterdb.cli.output import err_console
+from filterdb.ingest.pipeline import IngestEvent, ProgressCallback
+from filterdb.metrics.cache import ComputeProgress
 
 
 @contextmanager

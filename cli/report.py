@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cli.options import FormatOption, OutputOption, database_url
-from cli.output import (
+from filterdb.cli.options import FormatOption, OutputOption, database_url
+from filterdb.cli.output import (
     OutputFormat,
     console,
     emit_frame,
@@ -17,8 +17,9 @@ from cli.output import (
     one_line_errors,
     print_frame,
 )
-from cli.progress import compute_progress
-from filterdb.report import compare_models, write_robust_vs_normal_report
+from filterdb.cli.progress import compute_progress
+from filterdb.reports.compare import compare_models
+from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 
 app = typer.Typer()
 report_app = typer.Typer(
@@ -50,7 +51,7 @@ def robust_vs_normal(
     """Robust vs normal models per metric and depth bin: tests, box plots, drift, HTML."""
     with one_line_errors(), compute_progress(quiet=quiet) as on_progress:
         result = write_robust_vs_normal_report(
-            database_url(context),
+            url=database_url(context),
             out_dir=out,
             training_dataset=training_dataset,
             pairs_file=pairs,
@@ -94,7 +95,7 @@ def compare(
 ) -> None:
     """Two models side by side: per depth bin (with A - B) or layer by layer."""
     with one_line_errors():
-        comparison = compare_models(database_url(context), model_a, model_b, out_dir=out)
+        comparison = compare_models(model_a, model_b, url=database_url(context), out_dir=out)
         if per is CompareTable.bin:
             frame, title = comparison.bins, f"{model_a} vs {model_b} per depth bin"
         else:

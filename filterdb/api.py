@@ -1,20 +1,34 @@
-"""The notebook entry point: ``filterdb.connect()`` and methods that return Polars frames.
+"""The notebook entry point: ``filterdb.connect()`` and one method per capability of the CLI.
 
-Each method is a thin call into the module that owns the work (inventory, cache, query), so
-the CLI and a notebook see the same results.
+Each method is a thin call into the module that owns the work, so the CLI and a notebook
+see the same results. Every library function takes the database as the keyword ``url``
+(``None``: ``$FILTERDB_URL``, else ``./filterdb.duckdb``); :class:`FilterDB` holds it once.
+Heavy modules (torch, matplotlib, scipy) are imported by the methods that need them, so
+``import filterdb`` stays fast.
 """
 
 from __future__ import annotations
 
-import polars as pl
-import torch
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-from filterdb import analysis, cache, inventory, query
-from filterdb.analysis import GroupPCA
-from filterdb.cache import ComputeResult
-from filterdb.database import resolve_url
-from filterdb.metrics.drift import DriftMatrix
-from filterdb.views import DEFAULT_SPARSITY_EPS
+from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
+from filterdb.warehouse.database import resolve_url
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from filterdb.analysis.pca_drift import GroupPCA
+    from filterdb.errors import FilterdbError
+    from filterdb.ingest.pipeline import IngestResult, ProgressCallback
+    from filterdb.ingest.zoo_selection import SyncResult
+    from filterdb.metrics.cache import ComputeProgress, ComputeResult
+    from filterdb.metrics.drift import DriftMatrix
+    from filterdb.reports.compare import Comparison
+    from filterdb.reports.export import ExportResult
+    from filterdb.reports.robust_vs_normal import ReportResult
+    from filterdb.warehouse.records import TrainingInfo
 
 
 class FilterDB:
@@ -29,33 +43,150 @@ class FilterDB:
     def __repr__(self) -> str:
         return f"FilterDB({self.url!r})"
 
+    # --- schema ---------------------------------------------------------------------------
+
+    def upgrade(self, revision: str = "head") -> str | None:
+        """Create the database or bring its schema up to ``revision``; the revision reached."""
+        from filterdb.warehouse import migrate
+
+        return migrate.upgrade(revision, url=self.url)
+
+    def downgrade(self, revision: str = "-1") -> str | None:
+        """Take the schema down to ``revision`` (``base`` removes everything filterdb made)."""
+        from filterdb.warehouse import migrate
+
+        return migrate.downgrade(revision, url=self.url)
+
+    def current_revision(self) -> str | None:
+        """The schema revision of the database, ``None`` when it has no filterdb schema."""
+        from filterdb.warehouse import migrate
+
+        return migrate.current_revision(url=self.url)
+
+    def check(self) -> list[str]:
+        """Every broken consistency rule, one line each; empty when the warehouse is sound."""
+        from filterdb.warehouse import check
+
+        return check.check(url=self.url)
+
+    # --- ingestion ------------------------------------------------------------------------
+
+    def ingest_checkpoint(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        arch: str | None = None,
+        training: TrainingInfo | None = None,
+        device: str = "auto",
+        force: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> IngestResult:
+        """Store every 3x3 filter of a torch checkpoint (``arch``: ``zoo:``, ``timm:``, ...)."""
+        from filterdb.ingest.pipeline import ingest
+        from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+
+        candidate = checkpoint_candidate(Path(path), name=name, arch=arch, training=training)
+        return ingest(candidate, url=self.url, device=device, force=force, on_progress=on_progress)
+
+    def ingest_onnx(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        training: TrainingInfo | None = None,
+        force: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> IngestResult:
+        """Store every 3x3 filter of an ONNX file, depth read from its graph."""
+        from filterdb.ingest.pipeline import ingest
+        from filterdb.ingest.sources.onnx_file import onnx_candidate
+
+        candidate = onnx_candidate(Path(path), name=name, training=training)
+        return ingest(candidate, url=self.url, force=force, on_progress=on_progress)
+
+    def ingest_robustbench(
+        self,
+        names: list[str] | None = None,
+        *,
+        dataset: str = "cifar10",
+        threat_model: str = "Linf",
+        model_dir: Path | None = None,
+        model_info: str | Path | None = None,
+        device: str = "auto",
+        force: bool = False,
+        on_progress: ProgressCallback | None = None,
+    ) -> tuple[list[IngestResult], list[tuple[str, FilterdbError]], list[str]]:
+        """Ingest RobustBench zoo entries (``None``: all of dataset and threat model).
+
+        Returns the results, the ``(name, error)`` pairs of the entries that failed, and one
+        line per entry skipped for a missing checkpoint (naming the path to put it at).
+        """
+        from filterdb.ingest.pipeline import ingest_all
+        from filterdb.ingest.zoo_selection import DEFAULT_MODEL_DIR, zoo_selection
+
+        selection = zoo_selection(
+            dataset=dataset,
+            threat_model=threat_model,
+            names=names,
+            model_dir=model_dir or DEFAULT_MODEL_DIR,
+            model_info=model_info,
+        )
+        results, failures = ingest_all(
+            selection.candidates,
+            url=self.url,
+            device=device,
+            force=force,
+            on_progress=on_progress,
+        )
+        return results, failures, selection.missing
+
+    def sync_leaderboard(self, model_info: str | Path) -> SyncResult:
+        """Update the stored zoo models' training rows from RobustBench's leaderboard files."""
+        from filterdb.ingest.zoo_selection import sync_leaderboard
+
+        return sync_leaderboard(url=self.url, model_info=model_info)
+
+    def leaderboard_status(
+        self, *, dataset: str = "cifar10", threat_model: str = "Linf", model_dir: Path | None = None
+    ) -> pl.DataFrame:
+        """One row per zoo entry: ingested, out of date, not ingested, checkpoint missing."""
+        from filterdb.ingest.zoo_selection import DEFAULT_MODEL_DIR, leaderboard_status
+
+        return leaderboard_status(
+            url=self.url,
+            dataset=dataset,
+            threat_model=threat_model,
+            model_dir=model_dir or DEFAULT_MODEL_DIR,
+        )
+
+    # --- reading ----------------------------------------------------------------------------
+
     def query(self, sql: str, *, write: bool = False) -> pl.DataFrame:
-        """Run one SQL statement; read-only unless ``write`` (see :mod:`filterdb.query`)."""
-        return query.run_query(sql, url=self.url, write=write)
+        """Run one SQL statement; read-only unless ``write`` (:mod:`filterdb.warehouse.query`)."""
+        from filterdb.warehouse.query import run_query
+
+        return run_query(sql, url=self.url, write=write)
 
     def models(self) -> pl.DataFrame:
         """One row per stored model (``v_models``)."""
-        return inventory.models(self.url)
+        from filterdb.warehouse import inventory
+
+        return inventory.models(url=self.url)
 
     def layers(self, model: str | None = None) -> pl.DataFrame:
         """One row per stored layer (``v_layers``), of ``model`` or of all models."""
-        return inventory.layers(self.url, model=model)
+        from filterdb.warehouse import inventory
+
+        return inventory.layers(url=self.url, model=model)
 
     def layer_metrics(self, model: str | None = None) -> pl.DataFrame:
         """``v_layer_metrics``: layers with their cached metrics (NULL until computed)."""
-        return inventory.layer_metrics(self.url, model=model)
+        from filterdb.warehouse import inventory
 
-    def depth_profile(self, model: str | None = None) -> pl.DataFrame:
-        """Each metric per model and depth bin, pooled as SPEC section 5 says."""
-        return cache.depth_profile(self.url, models=None if model is None else [model])
+        return inventory.layer_metrics(url=self.url, model=model)
 
-    def pca(self, group: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> GroupPCA:
-        """PCA eigen-filters of a group: all, robust, normal, model=NAME, depth=BIN, ..."""
-        return analysis.pca_group(self.url, group=group, eps=eps)
-
-    def drift(self, by: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> DriftMatrix:
-        """KL drift matrix between groups: depth, training_type, architecture, model, ..."""
-        return analysis.drift(self.url, by=by, eps=eps)
+    # --- metrics ----------------------------------------------------------------------------
 
     def compute_metrics(
         self,
@@ -63,12 +194,79 @@ class FilterDB:
         models: list[str] | None = None,
         eps: float = DEFAULT_SPARSITY_EPS,
         recompute: bool = False,
-        device: str | torch.device = "auto",
+        device: str = "auto",
+        on_progress: Callable[[ComputeProgress], None] | None = None,
     ) -> ComputeResult:
         """Compute and cache the metrics that are missing or stale."""
+        from filterdb.metrics import cache
+
         return cache.compute_metrics(
-            self.url, models=models, eps=eps, recompute=recompute, device=device
+            url=self.url,
+            models=models,
+            eps=eps,
+            recompute=recompute,
+            device=device,
+            on_progress=on_progress,
         )
+
+    def depth_profile(self, model: str | None = None) -> pl.DataFrame:
+        """Each metric per model and depth bin, pooled as the depth-bin rule says."""
+        from filterdb.metrics import cache
+
+        return cache.depth_profile(url=self.url, models=None if model is None else [model])
+
+    # --- analysis and reports ----------------------------------------------------------------
+
+    def pca(self, group: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> GroupPCA:
+        """PCA eigen-filters of a group: all, robust, normal, model=NAME, depth=BIN, ..."""
+        from filterdb.analysis import pca_drift
+
+        return pca_drift.pca_group(url=self.url, group=group, eps=eps)
+
+    def drift(self, by: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> DriftMatrix:
+        """KL drift matrix between groups: depth, training_type, architecture, model, ..."""
+        from filterdb.analysis import pca_drift
+
+        return pca_drift.drift(url=self.url, by=by, eps=eps)
+
+    def report_robust_vs_normal(
+        self,
+        out_dir: Path,
+        *,
+        training_dataset: str | None = None,
+        pairs_file: Path | None = None,
+    ) -> ReportResult:
+        """Write the robust-vs-normal report (tables, plots, HTML) into ``out_dir``."""
+        from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
+
+        return write_robust_vs_normal_report(
+            url=self.url,
+            out_dir=Path(out_dir),
+            training_dataset=training_dataset,
+            pairs_file=pairs_file,
+        )
+
+    def compare(self, model_a: str, model_b: str, *, out_dir: Path | None = None) -> Comparison:
+        """Two models side by side, layer by layer and per depth bin."""
+        from filterdb.reports.compare import compare_models
+
+        return compare_models(model_a, model_b, url=self.url, out_dir=out_dir)
+
+    def export_hdf5(
+        self, out: Path, *, models: list[str] | None = None, overwrite: bool = False
+    ) -> ExportResult:
+        """One HDF5 file in CNN Filter DB's layout (``/filters``, ``/meta``)."""
+        from filterdb.reports.export import export_hdf5
+
+        return export_hdf5(url=self.url, out=Path(out), models=models, overwrite=overwrite)
+
+    def export_parquet(
+        self, out: Path, *, models: list[str] | None = None, overwrite: bool = False
+    ) -> ExportResult:
+        """``v_filters`` as Parquet, one directory per model."""
+        from filterdb.reports.export import export_parquet
+
+        return export_parquet(url=self.url, out=Path(out), models=models, overwrite=overwrite)
 
 
 def connect(url: str | None = None) -> FilterDB:

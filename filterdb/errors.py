@@ -32,3 +32,15 @@ class QueryRefused(FilterdbError):
 
 class QueryFailed(FilterdbError):
     """The database rejected an ad-hoc statement; the message is the database's own."""
+
+
+class MetricError(FilterdbError):
+    """A metric cannot be computed with the options given (a sparsity eps out of range)."""
+
+
+class NoPCA(FilterdbError):
+    """No PCA of a group: under 9 non-sparse filters, zero variance, or non-finite weights."""
+
+
+class PairingError(FilterdbError):
+    """No pair to compare, or a pairs file that cannot be read."""

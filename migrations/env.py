@@ -1,6 +1,6 @@
 """Alembic environment: runs migrations on the connection filterdb hands over.
 
-``filterdb.migrate`` opens the database and passes its connection in
+``filterdb.warehouse.migrate`` opens the database and passes its connection in
 ``config.attributes["connection"]``; plain ``alembic`` on the command line opens the URL
 from ``FILTERDB_URL`` (or the default DuckDB file) itself.
 """
@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from alembic import context
 
-from filterdb import migrate  # noqa: F401  (registers Alembic's DuckDB implementation)
-from filterdb.database import engine_for
-from filterdb.schema import metadata
+from filterdb.warehouse import alembic_duckdb  # noqa: F401  (registers Alembic's DuckDB implementation)
+from filterdb.warehouse.database import engine_for
+from filterdb.warehouse.schema import metadata
 
 
 def run_on(connection) -> None:

@@ -1,16 +1,14 @@
 """The views as revision 0001 created them: frozen text, never to be edited.
 
-Migration 0001 creates these views and 0002 puts them back on downgrade. Later
-migrations create the views from :mod:`filterdb.views`, which moves on; this SQL does
-not, so a database taken to 0001 gets the views 0001 shipped with. It is character for
-character the SQL that ``filterdb.views`` held at revision 0001. Column docs are in
-:mod:`filterdb.views`; only the column names are kept here, so that tests can check what
-each view returned at 0001.
+Migration 0001 creates these views and 0002 puts them back on downgrade. It is character
+for character the SQL that the view catalogue held at revision 0001. Column docs are in
+:mod:`filterdb.warehouse.views`; only the column names are kept here, so that tests can
+check what each view returned at 0001.
 """
 
 from __future__ import annotations
 
-from filterdb.views import View
+from filterdb.warehouse.views import View
 
 _BIN_INDEX = (
     "CASE WHEN l.conv_depth = 0 THEN 0 "

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from filterdb import migrate
+from filterdb.warehouse import migrate
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 SHARED_DATA = SHARED / "data"
@@ -60,7 +60,7 @@ def empty_db_url(request, tmp_path) -> Iterator[str]:
 @pytest.fixture
 def db_url(empty_db_url) -> str:
     """URL of a database at the head revision, once per backend."""
-    migrate.upgrade(empty_db_url)
+    migrate.upgrade(url=empty_db_url)
     return empty_db_url
 
 
@@ -68,7 +68,7 @@ def db_url(empty_db_url) -> str:
 def duckdb_url(tmp_path) -> str:
     """URL of a DuckDB file at the head revision (for DuckDB-only behaviour)."""
     url = f"duckdb:///{tmp_path / 'test.duckdb'}"
-    migrate.upgrade(url)
+    migrate.upgrade(url=url)
     return url
 
 

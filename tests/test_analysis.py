@@ -24,15 +24,16 @@ from hypothesis import strategies as st
 from test_metrics_cache import trained_state_dict
 from typer.testing import CliRunner, Result
 
-from cli.main import app
-from filterdb import analysis, migrate
-from filterdb.errors import FilterdbError
-from filterdb.ingest import ingest
+from filterdb.analysis import pca_drift as analysis
+from filterdb.cli.main import app
+from filterdb.errors import FilterdbError, MetricError
+from filterdb.ingest.pipeline import ingest
+from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 from filterdb.metrics.drift import DriftMatrix, drift_matrix
-from filterdb.metrics.layer import MetricError
 from filterdb.metrics.pca import fit_pca
-from filterdb.sources.base import TrainingInfo
-from filterdb.sources.checkpoint import checkpoint_candidate
+from filterdb.reports import pca_drift as pca_drift_files
+from filterdb.warehouse import migrate
+from filterdb.warehouse.records import TrainingInfo
 
 runner = CliRunner()
 TOLERANCE = {"rtol": 1e-9, "atol": 1e-12}
@@ -75,7 +76,7 @@ def stored_duckdb(tmp_path_factory) -> str:
     """One DuckDB file for the CLI tests, which only read it."""
     directory = tmp_path_factory.mktemp("cli")
     url = f"duckdb:///{directory / 'test.duckdb'}"
-    migrate.upgrade(url)
+    migrate.upgrade(url=url)
     store_models(url, directory)
     return url
 
@@ -166,7 +167,7 @@ def test_pca_of_each_group_matches_the_oracle(db_url, stored):
     for group, key in groups.items():
         scaled = oracle_groups(stored, key)[group]
         mean, components, ratios = oracle_pca(scaled)
-        result = analysis.pca_group(db_url, group=group)
+        result = analysis.pca_group(url=db_url, group=group)
         assert result.n_filters == len(scaled), group
         np.testing.assert_allclose(result.basis.mean, mean, **TOLERANCE, err_msg=group)
         np.testing.assert_allclose(result.components, components, **TOLERANCE, err_msg=group)
@@ -187,7 +188,7 @@ def test_drift_matches_the_oracle_and_skips_empty_groups(db_url, stored):
     }
     for by, key in groupings.items():
         groups = oracle_groups(stored, key)
-        result = analysis.drift(db_url, by=by)
+        result = analysis.drift(url=db_url, by=by)
         assert result.names == expected_names[by], by
         assert result.skipped == (("blank-a",) if by == "model" else ()), by
         kept = {name: groups[name] for name in result.names}
@@ -234,7 +235,7 @@ def sample_results() -> tuple[analysis.GroupPCA, DriftMatrix]:
 
 def test_pca_files_round_trip_bitwise(tmp_path, sample_results):
     result, _ = sample_results
-    written = analysis.write_pca(result, tmp_path / "new" / "pca")
+    written = pca_drift_files.write_pca(result, tmp_path / "new" / "pca")
     assert [path.name for path in written] == [
         "pca.csv",
         "pca.json",
@@ -262,7 +263,7 @@ def test_pca_files_round_trip_bitwise(tmp_path, sample_results):
 def test_drift_files_round_trip_bitwise(tmp_path, sample_results):
     _, result = sample_results
     assert result.skipped == ("zero",)
-    written = analysis.write_drift(result, tmp_path, title="test")
+    written = pca_drift_files.write_drift(result, tmp_path, title="test")
     assert [path.name for path in written] == ["drift.csv", "drift.json", "drift.png"]
     header, rows = read_csv(written[0].read_text())
     assert header == ["", *result.names]
@@ -282,7 +283,7 @@ def test_drift_files_round_trip_bitwise(tmp_path, sample_results):
 def test_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, sample_results):
     (tmp_path / "taken").write_text("")
     with pytest.raises(FilterdbError, match="cannot write into .*taken"):
-        analysis.write_pca(sample_results[0], tmp_path / "taken")
+        pca_drift_files.write_pca(sample_results[0], tmp_path / "taken")
 
 
 @given(st.permutations(DEPTH_ORDER), st.integers(1, len(DEPTH_ORDER)))
@@ -312,7 +313,7 @@ def test_cli_prints_what_it_writes(stored_duckdb, tmp_path):
     assert result.exit_code == 0, result.output
     assert result.stdout == (out / "pca.csv").read_text()
     assert f"wrote {out / 'pca_components.png'}" in result.output
-    expected = analysis.pca_group(stored_duckdb, group="robust")
+    expected = analysis.pca_group(url=stored_duckdb, group="robust")
     _, rows = read_csv(result.stdout)
     assert np.array_equal(bits([float(row[1]) for row in rows]), bits(expected.ratios))
 
@@ -352,11 +353,11 @@ def test_cli_errors_are_one_line(stored_duckdb):
 def test_a_bad_eps_is_refused_before_the_database_is_read(tmp_path, eps):
     absent = f"duckdb:///{tmp_path / 'no' / 'such.duckdb'}"  # opening it would fail otherwise
     with pytest.raises(MetricError, match="sparsity eps must be finite and >= 0"):
-        analysis.pca_group(absent, group="all", eps=eps)
+        analysis.pca_group(url=absent, group="all", eps=eps)
     with pytest.raises(MetricError, match="sparsity eps must be finite and >= 0"):
-        analysis.drift(absent, by="model", eps=eps)
+        analysis.drift(url=absent, by="model", eps=eps)
 
 
 def test_drift_of_an_empty_database_is_a_one_line_error(duckdb_url):
     with pytest.raises(FilterdbError, match="no layers; ingest models first"):
-        analysis.drift(duckdb_url, by="model")
+        analysis.drift(url=duckdb_url, by="model")

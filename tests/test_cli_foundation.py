@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from cli.main import app
-from filterdb import migrate
+from filterdb.cli.main import app
+from filterdb.warehouse import migrate
 
 runner = CliRunner()
 
@@ -41,7 +41,7 @@ def test_downgrade_base_then_upgrade_through_the_cli(empty_db_url):
     assert invoke("--db", empty_db_url, "db", "downgrade", "base").exit_code == 0
     assert "no filterdb schema" in invoke("--db", empty_db_url, "db", "current").output
     assert invoke("--db", empty_db_url, "db", "upgrade").exit_code == 0
-    assert migrate.current_revision(empty_db_url) == migrate.head_revision()
+    assert migrate.current_revision(url=empty_db_url) == migrate.head_revision()
 
 
 def test_history_lists_every_revision():
@@ -56,7 +56,7 @@ def test_init_creates_the_default_file_in_the_working_directory(tmp_path, monkey
     monkeypatch.delenv("FILTERDB_URL", raising=False)
     assert invoke("init").exit_code == 0
     assert (tmp_path / "filterdb.duckdb").is_file()
-    assert migrate.current_revision("duckdb:///filterdb.duckdb") == migrate.head_revision()
+    assert migrate.current_revision(url="duckdb:///filterdb.duckdb") == migrate.head_revision()
 
 
 def test_filterdb_url_environment_variable_is_used(tmp_path, monkeypatch):

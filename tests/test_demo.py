@@ -13,9 +13,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from cli.main import app
-from filterdb import demo, inventory
-from filterdb.views import METRIC_COLUMNS
+from filterdb.cli.main import app
+from filterdb.demo import model as demo_model
+from filterdb.demo import run as demo
+from filterdb.demo import training as demo_training
+from filterdb.metrics.registry import METRICS
+from filterdb.warehouse import inventory
 
 runner = CliRunner()
 # Float32 rounding of x +- eps and of the loss.
@@ -49,7 +52,7 @@ def per_sample_loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.
 )
 def test_pgd_stays_in_the_eps_ball_and_the_pixel_range(seed, eps, steps, random_start):
     images, labels = attack_inputs(seed)
-    adversarial = demo.pgd_attack(
+    adversarial = demo_training.pgd_attack(
         linear_model(seed),
         images,
         labels,
@@ -70,7 +73,9 @@ def test_pgd_never_lowers_the_loss_of_a_linear_model(seed, eps, steps):
     # and every PGD step (projection and clamping included) keeps g.d >= 0 per sample.
     model = linear_model(seed)
     images, labels = attack_inputs(seed)
-    adversarial = demo.pgd_attack(model, images, labels, eps=eps, steps=steps, random_start=False)
+    adversarial = demo_training.pgd_attack(
+        model, images, labels, eps=eps, steps=steps, random_start=False
+    )
     clean, attacked = (
         per_sample_loss(model, images, labels),
         per_sample_loss(model, adversarial, labels),
@@ -87,7 +92,7 @@ def test_one_pgd_step_of_size_eps_is_fgsm():
     inputs = images.clone().requires_grad_(True)
     F.cross_entropy(model(inputs), labels).backward()
     expected = (images + eps * inputs.grad.sign()).clamp(0.0, 1.0)
-    got = demo.pgd_attack(
+    got = demo_training.pgd_attack(
         model, images, labels, eps=eps, steps=1, step_size=eps, random_start=False
     )
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
@@ -95,9 +100,9 @@ def test_one_pgd_step_of_size_eps_is_fgsm():
 
 def test_pgd_raises_the_loss_of_the_demo_cnn_and_leaves_its_gradients_alone():
     torch.manual_seed(0)
-    model = demo.DigitsCNN()
+    model = demo_model.DigitsCNN()
     images, labels = attack_inputs(0, n=64)
-    adversarial = demo.pgd_attack(
+    adversarial = demo_training.pgd_attack(
         model, images, labels, eps=0.1, steps=10, generator=torch.Generator().manual_seed(0)
     )
     assert per_sample_loss(model, adversarial, labels).mean() > (
@@ -106,15 +111,15 @@ def test_pgd_raises_the_loss_of_the_demo_cnn_and_leaves_its_gradients_alone():
     assert all(parameter.grad is None for parameter in model.parameters())
 
 
-def small_split() -> demo.DigitsSplit:
-    split = demo.load_digits_split()
-    return demo.DigitsSplit(
+def small_split() -> demo_model.DigitsSplit:
+    split = demo_model.load_digits_split()
+    return demo_model.DigitsSplit(
         split.train_images[:96], split.train_labels[:96], split.test_images, split.test_labels
     )
 
 
 def test_digits_split_is_stratified_scaled_and_complete():
-    split = demo.load_digits_split(test_share=0.25, seed=0)
+    split = demo_model.load_digits_split(test_share=0.25, seed=0)
     assert len(split.train_labels) + len(split.test_labels) == 1797
     assert split.train_images.shape[1:] == (1, 8, 8)
     assert split.train_images.min() == 0.0 and split.train_images.max() == 1.0
@@ -122,11 +127,11 @@ def test_digits_split_is_stratified_scaled_and_complete():
 
 
 def test_training_is_deterministic_and_restores_torch_settings():
-    settings_ = demo.TrainingSettings(epochs=1, train_steps=2)
+    settings_ = demo_training.TrainingSettings(epochs=1, train_steps=2)
     threads = torch.get_num_threads()
     rng_state = torch.get_rng_state()
-    first = demo.train_digits_cnn(small_split(), settings_, adversarial=True).state_dict()
-    second = demo.train_digits_cnn(small_split(), settings_, adversarial=True).state_dict()
+    first = demo_training.train_digits_cnn(small_split(), settings_, adversarial=True).state_dict()
+    second = demo_training.train_digits_cnn(small_split(), settings_, adversarial=True).state_dict()
     assert all(torch.equal(first[key], second[key]) for key in first)
     assert torch.get_num_threads() == threads
     assert torch.equal(torch.get_rng_state(), rng_state)
@@ -155,7 +160,7 @@ def test_demo_prints_each_step_and_where_the_report_is(quick_demo):
 def test_demo_stores_both_models_paired_with_their_accuracies(quick_demo):
     url, out, _ = quick_demo
     manifest = json.loads((out / "demo.json").read_text())
-    stored = inventory.models(url).sort("model_name")
+    stored = inventory.models(url=url).sort("model_name")
     assert stored["model_name"].to_list() == ["digits-normal", "digits-pgd"]
     assert stored["training_type"].to_list() == ["normal", "adversarial"]
     assert set(stored["architecture"]) == {"DigitsCNN"}
@@ -173,9 +178,9 @@ def test_demo_stores_both_models_paired_with_their_accuracies(quick_demo):
 
 def test_demo_caches_every_metric_over_six_depth_bins(quick_demo):
     url, _, _ = quick_demo
-    layers = inventory.layer_metrics(url)
+    layers = inventory.layer_metrics(url=url)
     assert layers.height == 12
-    for metric in METRIC_COLUMNS:
+    for metric in METRICS:
         assert layers[metric].null_count() == 0, metric
     for (_,), model_layers in layers.group_by("model_name"):
         assert model_layers["depth_bin"].n_unique() == 6
@@ -187,18 +192,18 @@ def test_rerun_reuses_and_skips_then_other_settings_replace(quick_demo, tmp_path
     shutil.copytree(out, tmp_path / "out")
     shutil.copy(url.removeprefix("duckdb:///"), tmp_path / "demo.duckdb")
     url, out = f"duckdb:///{tmp_path / 'demo.duckdb'}", tmp_path / "out"
-    before = inventory.layer_metrics(url).sort("layer_id")
+    before = inventory.layer_metrics(url=url).sort("layer_id")
 
-    again = demo.run_demo(url, out_dir=out, epochs=demo.QUICK_EPOCHS)
+    again = demo.run_demo(url=url, out_dir=out, epochs=demo.QUICK_EPOCHS)
     assert not again.trained
     assert (again.normal.ingest_status, again.robust.ingest_status) == ("skipped", "skipped")
-    assert inventory.layer_metrics(url).sort("layer_id").equals(before)
+    assert inventory.layer_metrics(url=url).sort("layer_id").equals(before)
 
-    other = demo.run_demo(url, out_dir=out, epochs=1)
+    other = demo.run_demo(url=url, out_dir=out, epochs=1)
     assert other.trained
     assert (other.normal.ingest_status, other.robust.ingest_status) == ("replaced", "replaced")
     assert json.loads((out / "demo.json").read_text())["settings"]["epochs"] == 1
-    stored = inventory.models(url)
+    stored = inventory.models(url=url)
     assert stored.height == 2
     assert sorted(stored["clean_acc"]) == pytest.approx(
         sorted([other.normal.clean_acc, other.robust.clean_acc])
@@ -214,4 +219,4 @@ def test_quick_and_epochs_together_are_refused(tmp_path):
 
 def test_run_demo_refuses_zero_epochs(tmp_path):
     with pytest.raises(ValueError, match="at least 1"):
-        demo.run_demo(f"duckdb:///{tmp_path / 'demo.duckdb'}", out_dir=tmp_path, epochs=0)
+        demo.run_demo(url=f"duckdb:///{tmp_path / 'demo.duckdb'}", out_dir=tmp_path, epochs=0)

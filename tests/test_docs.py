@@ -7,7 +7,7 @@ from pathlib import Path
 import typer.main
 from cogapp import Cog
 
-from cli.main import app
+from filterdb.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()

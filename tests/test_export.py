@@ -19,14 +19,14 @@ from test_metrics_cache import trained_state_dict
 from typer.testing import CliRunner
 
 import filterdb
-from cli.main import app
-from filterdb import migrate
-from filterdb.database import engine_for, read_frame
+from filterdb.cli.main import app
 from filterdb.errors import FilterdbError
-from filterdb.export import export_hdf5, export_parquet
-from filterdb.ingest import ingest
-from filterdb.sources.base import TrainingInfo
-from filterdb.sources.checkpoint import checkpoint_candidate
+from filterdb.ingest.pipeline import ingest
+from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+from filterdb.reports.export import export_hdf5, export_parquet
+from filterdb.warehouse import migrate
+from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.warehouse.records import TrainingInfo
 
 runner = CliRunner()
 WEIGHTS = [f"w{i}" for i in range(9)]
@@ -65,7 +65,7 @@ def duckdb_models(tmp_path_factory) -> tuple[str, dict[str, dict[str, torch.Tens
     """One DuckDB file with the two models for the tests that only read it (exports)."""
     folder = tmp_path_factory.mktemp("stored")
     url = f"duckdb:///{folder / 'test.duckdb'}"
-    migrate.upgrade(url)
+    migrate.upgrade(url=url)
     return url, store(url, folder)
 
 
@@ -86,7 +86,7 @@ def stored_rows(url: str, sql: str) -> pl.DataFrame:
 
 def test_hdf5_round_trip_in_the_cnn_filter_db_layout(db_url, stored, tmp_path):
     out = tmp_path / "dataset.h5"
-    result = export_hdf5(db_url, out=out)
+    result = export_hdf5(url=db_url, out=out)
     expected = np.concatenate([checkpoint_filters(state) for state in stored.values()])
     assert (result.path, result.n_models, result.n_layers) == (out, 2, 6)
     assert result.n_filters == len(expected)
@@ -140,7 +140,7 @@ def test_hdf5_round_trip_in_the_cnn_filter_db_layout(db_url, stored, tmp_path):
 def test_a_cnn_filter_db_notebook_snippet_runs_unchanged(duckdb_models, tmp_path):
     duckdb_url, stored_duckdb = duckdb_models
     dataset_path = tmp_path / "dataset.h5"
-    export_hdf5(duckdb_url, out=dataset_path)
+    export_hdf5(url=duckdb_url, out=dataset_path)
     # As in the robustness paper's pca.ipynb:
     with h5py.File(dataset_path, "r") as f:
         dX = f["filters"][:].reshape(-1, 9)
@@ -157,7 +157,7 @@ def test_a_cnn_filter_db_notebook_snippet_runs_unchanged(duckdb_models, tmp_path
 
 def test_parquet_round_trip_read_by_duckdb_and_polars(db_url, stored, tmp_path):
     out = tmp_path / "filters"
-    result = export_parquet(db_url, out=out)
+    result = export_parquet(url=db_url, out=out)
     assert (result.n_models, result.n_layers) == (2, 6)
     model_ids = stored_rows(db_url, "SELECT model_id FROM v_models")["model_id"].to_list()
     assert sorted(p.name for p in out.iterdir()) == sorted(f"model_id={i}" for i in model_ids)
@@ -231,8 +231,8 @@ def test_cli_errors_are_one_line_and_leave_files_alone(duckdb_models, tmp_path):
 def test_parquet_overwrite_replaces_an_earlier_export(duckdb_models, tmp_path):
     duckdb_url, _ = duckdb_models
     out = tmp_path / "filters"
-    export_parquet(duckdb_url, out=out, models=["normal-a"])
-    result = export_parquet(duckdb_url, out=out, models=["robust-a"], overwrite=True)
+    export_parquet(url=duckdb_url, out=out, models=["normal-a"])
+    result = export_parquet(url=duckdb_url, out=out, models=["robust-a"], overwrite=True)
     assert result.n_models == 1 and len(list(out.iterdir())) == 1
     names = duckdb.sql(f"SELECT DISTINCT model_name FROM '{out}/*/*.parquet'").fetchall()
     assert names == [("robust-a",)]
@@ -242,5 +242,5 @@ def test_nothing_to_export(duckdb_url, tmp_path):
     result = runner.invoke(app, ["--db", duckdb_url, "export", "--out", str(tmp_path / "e.h5")])
     assert_one_line_error(result, "nothing to export", "filterdb ingest")
     with pytest.raises(FilterdbError, match="nothing to export"):
-        export_parquet(duckdb_url, out=tmp_path / "empty", models=[])
+        export_parquet(url=duckdb_url, out=tmp_path / "empty", models=[])
     assert list(tmp_path.iterdir()) == [tmp_path / "test.duckdb"]

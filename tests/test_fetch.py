@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from filterdb import fetch
-from filterdb.database import engine_for, read_frame
 from filterdb.errors import DatabaseError
-from filterdb.ingest import ingest
-from filterdb.sources.checkpoint import checkpoint_candidate
+from filterdb.ingest.pipeline import ingest
+from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+from filterdb.warehouse import read as fetch
+from filterdb.warehouse.database import engine_for, read_frame
 
 
 @pytest.fixture

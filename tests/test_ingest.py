@@ -16,13 +16,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from filterdb import check
-from filterdb.database import engine_for, read_frame
+from filterdb.cli.main import app
 from filterdb.errors import ModelConflict, SourceError
-from filterdb.ingest import ingest
-from filterdb.sources.base import TrainingInfo
-from filterdb.sources.checkpoint import checkpoint_candidate
+from filterdb.ingest.pipeline import ingest
+from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+from filterdb.warehouse import check
+from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.warehouse.records import TrainingInfo
 
 runner = CliRunner()
 
@@ -115,7 +115,7 @@ def test_state_dict_rows_equal_the_checkpoint_bitwise(db_url, tmp_path, tiny_sta
     with engine_for(db_url) as engine, engine.connect() as connection:
         stored_sha256 = connection.exec_driver_sql("SELECT checkpoint_sha256 FROM model").scalar()
     assert stored_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
 
 
 def test_layers_carry_shape_and_key_order_depth(db_url, tmp_path, tiny_state_dict):
@@ -161,7 +161,7 @@ def test_architecture_gives_graph_depth_and_groups(db_url, tmp_path):
     assert (depthwise["groups"] == depthwise["in_channels"]).all()
     assert (depthwise["n_filters"] == depthwise["out_channels"]).all()
     assert layers["conv_depth"].is_sorted()
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
 
 
 def test_unchanged_checkpoint_is_skipped(db_url, tmp_path, tiny_state_dict):
@@ -191,7 +191,7 @@ def test_changed_checkpoint_is_refused_then_replaced_with_force(db_url, tmp_path
     for name, filters in conv_weights(changed).items():
         assert got[name].tobytes() == filters.tobytes()
     assert table_counts(db_url)["model"] == 1
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
     assert [status for _, status in ingest_log(db_url)] == ["ingested", "failed", "replaced"]
 
 
@@ -278,7 +278,7 @@ def test_bad_input_is_one_line_and_leaves_the_database_unchanged(
     assert table_counts(db_url) == counts
     assert not (tmp_path / "marker").exists()
     assert ingest_log(db_url)[-1] == (path.stem, "failed")
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
 
 
 def test_locked_duckdb_file_refuses_ingest_in_one_line(
@@ -357,8 +357,8 @@ def test_check_fails_on_a_database_damaged_by_hand(db_url, tmp_path, tiny_state_
 KILLED_INGEST = """
 import sys
 from pathlib import Path
-from filterdb.ingest import ingest
-from filterdb.sources.checkpoint import checkpoint_candidate
+from filterdb.ingest.pipeline import ingest
+from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 ingest(
     checkpoint_candidate(Path(sys.argv[2])),
     url=sys.argv[1],
@@ -406,14 +406,14 @@ def test_kill_9_during_ingest_leaves_all_or_nothing(db_url, tmp_path):
         counts = table_counts(db_url)
         assert counts["model"] in (0, 1)
         assert counts["filter"] == counts["model"] * sum(len(v) for v in expected.values())
-        assert check.check(db_url) == []
+        assert check.check(url=db_url) == []
     # The point of the test: at least one kill landed inside the write transaction.
     assert killed_while_writing >= 1
     result = ingest(checkpoint_candidate(path), url=db_url, device="cpu")
     assert result.status in ("ingested", "skipped")
     got = stored_filters(db_url, "big")
     assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in expected.items()}
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
 
 
 def test_missing_checkpoint_is_a_source_error(tmp_path):
@@ -437,7 +437,7 @@ def test_a_model_stored_meanwhile_is_not_replaced_without_force(db_url, tmp_path
         ingest(candidate, url=db_url)
     got = stored_filters(db_url, "shared")
     assert got["stem"].tobytes() == conv_weights(torch.load(theirs))["stem"].tobytes()
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
 
 
 def test_the_same_bytes_stored_meanwhile_are_skipped(db_url, tmp_path, tiny_state_dict):

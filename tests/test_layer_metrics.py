@@ -14,11 +14,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterdb.errors import FilterdbError
+from filterdb.errors import FilterdbError, MetricError
 from filterdb.metrics.layer import (
-    EPS_DEPENDENT_METRICS,
-    METRIC_VERSIONS,
-    MetricError,
     MetricValue,
     expected_random_entropy,
     is_sparse,
@@ -26,7 +23,10 @@ from filterdb.metrics.layer import (
     require_eps,
     scale_by_peak,
 )
-from filterdb.views import METRIC_COLUMNS
+from filterdb.metrics.registry import METRICS, POOLED_METRICS
+from filterdb.warehouse.views import METRIC_COLUMNS
+
+EPS_DEPENDENT_METRICS = frozenset(name for name, metric in METRICS.items() if metric.eps_dependent)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 ENTROPIES = ("variance_entropy", "variance_entropy_clean", "variance_entropy_scaled")
@@ -96,7 +96,7 @@ def oracle(weight: np.ndarray, eps: float = 0.01) -> dict[str, tuple[float | Non
 def assert_matches_oracle(weight, *, eps: float = 0.01, device: str = "cpu") -> None:
     got = layer_metrics(weight, eps=eps, device=device)
     expected = oracle(np.asarray(torch.as_tensor(weight).cpu()), eps=eps)
-    assert list(got) == list(METRIC_VERSIONS)
+    assert list(got) == list(METRICS)
     for name, (value, support) in expected.items():
         assert got[name].support == support, name
         if value is None:
@@ -144,8 +144,10 @@ layers = st.builds(
 
 
 def test_metric_names_are_the_view_columns():
-    assert list(METRIC_VERSIONS) == list(METRIC_COLUMNS)
-    assert all(isinstance(v, int) and v >= 1 for v in METRIC_VERSIONS.values())
+    assert list(METRICS) == list(METRIC_COLUMNS)
+    assert all(isinstance(m.version, int) and m.version >= 1 for m in METRICS.values())
+    # Norms are per layer; every other metric is pooled into depth bins.
+    assert tuple(name for name in METRICS if name not in ("l1", "l2")) == POOLED_METRICS
     assert {
         "sparsity",
         "variance_entropy_clean",
@@ -377,7 +379,7 @@ def test_numpy_and_torch_share_the_sparse_rule_and_the_scaling():
 def assert_undefined(got: dict[str, MetricValue], c_out: int, c_in: int, n_kept: int) -> None:
     """Every value None; supports as for any layer (n_kept: the non-sparse filters)."""
     n = c_out * c_in
-    assert list(got) == list(METRIC_VERSIONS)
+    assert list(got) == list(METRICS)
     expected = {"sparsity": n, "orthogonality": c_out, "l1": 9 * n, "l2": 9 * n}
     for name in ENTROPIES:
         kept = n if name == "variance_entropy" else n_kept

@@ -21,16 +21,16 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from filterdb import schema
-from filterdb.database import engine_for
 from filterdb.errors import SourceError
-from filterdb.sources.leaderboard import (
+from filterdb.ingest.sources.leaderboard import (
     parse_eps,
     read_entry,
     read_leaderboard,
     strip_html,
     training_type_of,
 )
+from filterdb.warehouse import schema
+from filterdb.warehouse.database import engine_for
 
 N_FILES = 236
 # Files whose "dataset" field disagrees with their path (SPEC section 6), found by hand.
@@ -158,7 +158,8 @@ def test_corruptions_accuracy_reaches_v_models(db_url, model_info):
             )
             .returning(schema.model.c.model_id)
         ).scalar_one()
-        # What filterdb.load and filterdb.zoo insert: every TrainingInfo field is a column.
+        # What filterdb.warehouse.write and filterdb.ingest.zoo_selection insert: every
+        # TrainingInfo field is a column.
         connection.execute(
             sa.insert(schema.training).values(model_id=model_id, **asdict(entry.training))
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -12,15 +13,15 @@ from test_layer_metrics import oracle
 from typer.testing import CliRunner
 
 import filterdb
-from cli.main import app
-from filterdb import cache, check
-from filterdb.database import engine_for, read_frame
-from filterdb.ingest import ingest
-from filterdb.metrics import layer as layer_metrics_module
-from filterdb.metrics.layer import MetricError
-from filterdb.sources.base import TrainingInfo
-from filterdb.sources.checkpoint import checkpoint_candidate
-from filterdb.views import DEPTH_BIN_LABELS, METRIC_COLUMNS
+from filterdb.cli.main import app
+from filterdb.errors import MetricError
+from filterdb.ingest.pipeline import ingest
+from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+from filterdb.metrics import cache, registry
+from filterdb.warehouse import check
+from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.warehouse.records import TrainingInfo
+from filterdb.warehouse.views import DEPTH_BIN_LABELS, METRIC_COLUMNS
 
 runner = CliRunner()
 METRIC_RTOL = 1e-6
@@ -87,7 +88,7 @@ def test_layer_metrics_match_the_oracle_on_both_backends(db_url, stored_models):
     result = filterdb.connect(db_url).compute_metrics(device="cpu")
     assert result.n_layers == 6 and result.n_values == 6 * len(METRIC_COLUMNS)
     assert_rows_match_the_oracle(filterdb.connect(db_url).layer_metrics(), stored_models)
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
 
 
 def test_a_layer_with_a_nan_weight_gets_null_metrics_and_the_rest_go_on(
@@ -99,7 +100,7 @@ def test_a_layer_with_a_nan_weight_gets_null_metrics_and_the_rest_go_on(
     candidate = checkpoint_candidate(tmp_path / "broken.pt", name="broken")
     ingest(candidate, url=db_url, device="cpu", allow_nonfinite=True)
 
-    result = cache.compute_metrics(db_url, device="cpu")
+    result = cache.compute_metrics(url=db_url, device="cpu")
     assert (result.n_models, result.n_layers) == (3, 9)
     frame = filterdb.connect(db_url).layer_metrics()
     is_broken = (pl.col("model_name") == "broken") & (pl.col("layer_name") == "2")
@@ -113,8 +114,8 @@ def test_a_layer_with_a_nan_weight_gets_null_metrics_and_the_rest_go_on(
     # Conv2d(8, 12, groups=4): 12 x 2 filters; a NaN layer max makes none of them sparse.
     assert supports["sparsity"] == supports["variance_entropy_clean"] == 12 * 2
     assert (supports["orthogonality"], supports["l1"]) == (12, 9 * 12 * 2)
-    assert cache.compute_metrics(db_url, device="cpu").n_layers == 0
-    profile = cache.depth_profile(db_url, models=["broken"])
+    assert cache.compute_metrics(url=db_url, device="cpu").n_layers == 0
+    profile = cache.depth_profile(url=db_url, models=["broken"])
     assert profile["sparsity"].is_not_null().sum() == 2  # the two other layers' bins
 
 
@@ -122,7 +123,7 @@ def test_a_bad_eps_is_refused_before_any_work(tmp_path):
     path = tmp_path / "no" / "such.duckdb"  # opening it would fail otherwise
     for eps in (-1.0, math.inf, math.nan):
         with pytest.raises(MetricError, match="sparsity eps must be finite and >= 0"):
-            cache.compute_metrics(f"duckdb:///{path}", eps=eps)
+            cache.compute_metrics(url=f"duckdb:///{path}", eps=eps)
     result = runner.invoke(app, ["--db", f"duckdb:///{path}", "metrics", "-q", "--eps", "-1"])
     assert result.exit_code == 1, result.output
     assert result.output.strip() == (
@@ -141,7 +142,7 @@ def test_an_unknown_device_is_a_usage_error(tmp_path):
 
 
 def test_second_run_computes_nothing(db_url, stored_models):
-    cache.compute_metrics(db_url, device="cpu")
+    cache.compute_metrics(url=db_url, device="cpu")
     before = cached_values(db_url)
     result = runner.invoke(app, ["--db", db_url, "metrics", "-q"])
     assert result.exit_code == 0, result.output
@@ -150,33 +151,34 @@ def test_second_run_computes_nothing(db_url, stored_models):
 
 
 def test_model_option_limits_the_work(db_url, stored_models):
-    result = cache.compute_metrics(db_url, models=["robust-a"], device="cpu")
+    result = cache.compute_metrics(url=db_url, models=["robust-a"], device="cpu")
     assert (result.n_models, result.n_layers) == (1, 3)
     frame = filterdb.connect(db_url).layer_metrics()
     assert frame.filter(pl.col("model_name") == "normal-a")["sparsity"].is_null().all()
     with pytest.raises(filterdb.errors.FilterdbError, match="no stored model named nope"):
-        cache.compute_metrics(db_url, models=["nope"])
+        cache.compute_metrics(url=db_url, models=["nope"])
 
 
 def test_force_reingest_invalidates_the_models_cache(db_url, stored_models, tmp_path):
-    cache.compute_metrics(db_url, device="cpu")
+    cache.compute_metrics(url=db_url, device="cpu")
     changed = {k: v * 2 for k, v in stored_models["robust-a"].items()}
     torch.save(changed, tmp_path / "robust-a.pt")
     ingest(checkpoint_candidate(tmp_path / "robust-a.pt"), url=db_url, force=True)
     frame = filterdb.connect(db_url).layer_metrics()
     assert frame.filter(pl.col("model_name") == "robust-a")["l1"].is_null().all()
     assert frame.filter(pl.col("model_name") == "normal-a")["l1"].is_not_null().all()
-    result = cache.compute_metrics(db_url, device="cpu")
+    result = cache.compute_metrics(url=db_url, device="cpu")
     assert (result.n_models, result.n_layers) == (1, 3)
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
 
 
 def test_bumped_version_recomputes_only_that_metric(db_url, stored_models, monkeypatch):
-    cache.compute_metrics(db_url, device="cpu")
+    cache.compute_metrics(url=db_url, device="cpu")
     before = cached_values(db_url)
-    bumped = {**layer_metrics_module.METRIC_VERSIONS, "orthogonality": 2}
-    monkeypatch.setattr(cache, "METRIC_VERSIONS", bumped)
-    result = cache.compute_metrics(db_url, device="cpu")
+    monkeypatch.setitem(
+        registry.METRICS, "orthogonality", replace(registry.METRICS["orthogonality"], version=2)
+    )
+    result = cache.compute_metrics(url=db_url, device="cpu")
     assert result.n_values == 6
     after = cached_values(db_url)
     assert after.height == before.height  # the old version was replaced, not kept beside
@@ -186,31 +188,32 @@ def test_bumped_version_recomputes_only_that_metric(db_url, stored_models, monke
 
 
 def test_depth_profile_reads_current_versions_at_default_eps(db_url, stored_models, monkeypatch):
-    cache.compute_metrics(db_url, eps=0.05, device="cpu")
-    other_eps = cache.depth_profile(db_url)
-    for metric in layer_metrics_module.EPS_DEPENDENT_METRICS:
+    cache.compute_metrics(url=db_url, eps=0.05, device="cpu")
+    other_eps = cache.depth_profile(url=db_url)
+    for metric in (m for m, spec in registry.METRICS.items() if spec.eps_dependent):
         assert other_eps[metric].is_null().all(), metric
     assert other_eps["orthogonality"].is_not_null().all()
 
-    cache.compute_metrics(db_url, device="cpu")
-    before = cache.depth_profile(db_url)
-    assert before.select(cache.PROFILE_METRICS).null_count().sum_horizontal().item() == 0
-    bumped = {**layer_metrics_module.METRIC_VERSIONS, "orthogonality": 2}
-    monkeypatch.setattr(cache, "METRIC_VERSIONS", bumped)
-    stale = cache.depth_profile(db_url)
+    cache.compute_metrics(url=db_url, device="cpu")
+    before = cache.depth_profile(url=db_url)
+    assert before.select(registry.POOLED_METRICS).null_count().sum_horizontal().item() == 0
+    monkeypatch.setitem(
+        registry.METRICS, "orthogonality", replace(registry.METRICS["orthogonality"], version=2)
+    )
+    stale = cache.depth_profile(url=db_url)
     assert stale["orthogonality"].is_null().all()  # the version-1 rows are still cached
     others = pl.exclude("orthogonality")
     assert stale.select(others).equals(before.select(others))
-    cache.compute_metrics(db_url, device="cpu")
-    assert cache.depth_profile(db_url).equals(before)
+    cache.compute_metrics(url=db_url, device="cpu")
+    assert cache.depth_profile(url=db_url).equals(before)
 
 
 def test_recompute_and_eps_are_part_of_the_key(db_url, stored_models):
-    cache.compute_metrics(db_url, device="cpu")
-    result = cache.compute_metrics(db_url, eps=0.05, device="cpu")
+    cache.compute_metrics(url=db_url, device="cpu")
+    result = cache.compute_metrics(url=db_url, eps=0.05, device="cpu")
     # Only the five metrics that use the threshold are new for eps 0.05.
     assert result.n_values == 6 * 5
-    assert cache.compute_metrics(db_url, recompute=True, device="cpu").n_values == 60
+    assert cache.compute_metrics(url=db_url, recompute=True, device="cpu").n_values == 60
     params = set(cached_values(db_url)["params"])
     assert params == {"", "eps=0.01", "eps=0.05"}
 
@@ -235,7 +238,7 @@ def independent_depth_profile(
 
 
 def test_depth_profile_pools_layers_with_specs_weights(db_url, stored_models):
-    cache.compute_metrics(db_url, device="cpu")
+    cache.compute_metrics(url=db_url, device="cpu")
     with engine_for(db_url) as engine, engine.connect() as connection:
         layers = read_frame(
             connection,
@@ -253,7 +256,7 @@ def test_depth_profile_pools_layers_with_specs_weights(db_url, stored_models):
 
 
 def test_query_through_the_cli_matches_the_api(db_url, stored_models, tmp_path):
-    cache.compute_metrics(db_url, device="cpu")
+    cache.compute_metrics(url=db_url, device="cpu")
     out = tmp_path / "metrics.csv"
     sql = (
         "SELECT model_name, layer_name, sparsity, variance_entropy, orthogonality "

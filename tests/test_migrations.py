@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import duckdb
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
-from filterdb import migrate, schema
-from filterdb.database import backend_name, engine_for
 from filterdb.errors import DatabaseError
-from filterdb.views import VIEWS
-from migrations import views_0001
+from filterdb.migrations import views_0001
+from filterdb.warehouse import migrate, schema
+from filterdb.warehouse.database import backend_name, engine_for
+from filterdb.warehouse.views import VIEWS
 
 # How DuckDB's catalog names the types SQLAlchemy asks for.
 DUCKDB_TYPE_NAMES = {
@@ -97,7 +100,7 @@ def test_every_view_returns_its_documented_columns(db_url):
 
 
 def test_downgrade_to_base_leaves_nothing_and_upgrade_works_again(db_url):
-    migrate.downgrade(db_url, "base")
+    migrate.downgrade("base", url=db_url)
     with engine_for(db_url) as engine, engine.connect() as connection:
         if backend_name(engine) == "postgresql":
             leftovers = connection.exec_driver_sql(
@@ -109,19 +112,19 @@ def test_downgrade_to_base_leaves_nothing_and_upgrade_works_again(db_url):
             catalog = duckdb_catalog(connection)
             leftovers = [*catalog["columns"], *catalog["sequences"], *catalog["views"]]
     assert leftovers == []
-    assert migrate.upgrade(db_url) == migrate.head_revision()
+    assert migrate.upgrade(url=db_url) == migrate.head_revision()
 
 
 @pytest.mark.parametrize("revision", [r.revision for r in migrate.history()])
 def test_stairway_up_down_up(empty_db_url, revision):
     down_to = next(r.down_revision for r in migrate.history() if r.revision == revision)
-    assert migrate.upgrade(empty_db_url, revision) == revision
-    assert migrate.downgrade(empty_db_url, down_to or "base") == down_to
-    assert migrate.upgrade(empty_db_url, revision) == revision
+    assert migrate.upgrade(revision, url=empty_db_url) == revision
+    assert migrate.downgrade(down_to or "base", url=empty_db_url) == down_to
+    assert migrate.upgrade(revision, url=empty_db_url) == revision
 
 
 def test_rows_survive_an_upgrade(empty_db_url):
-    migrate.upgrade(empty_db_url, "0001")
+    migrate.upgrade("0001", url=empty_db_url)
     with engine_for(empty_db_url) as engine, engine.begin() as connection:
         connection.exec_driver_sql(
             "INSERT INTO model (name, source, checkpoint_sha256, max_conv_depth, ingested_at) "
@@ -131,7 +134,7 @@ def test_rows_survive_an_upgrade(empty_db_url):
             "INSERT INTO training (model_id, training_type, threat_model, clean_acc, robust_acc) "
             "SELECT model_id, 'adversarial', 'Linf', 89.69, 59.53 FROM model"
         )
-    migrate.upgrade(empty_db_url)
+    migrate.upgrade(url=empty_db_url)
     with engine_for(empty_db_url) as engine, engine.connect() as connection:
         names = connection.exec_driver_sql("SELECT name FROM model").scalars().all()
         training = connection.exec_driver_sql(
@@ -154,29 +157,68 @@ def test_revision_0001_keeps_the_views_it_shipped(empty_db_url):
                 result = connection.exec_driver_sql(f"SELECT * FROM {view.name}")
                 assert list(result.keys()) == list(view.columns), view.name
 
-    migrate.upgrade(empty_db_url, "0001")
+    migrate.upgrade("0001", url=empty_db_url)
     assert_frozen_views()
-    migrate.upgrade(empty_db_url)
-    assert migrate.downgrade(empty_db_url, "0001") == "0001"
+    migrate.upgrade(url=empty_db_url)
+    assert migrate.downgrade("0001", url=empty_db_url) == "0001"
     assert_frozen_views()
 
 
 def test_a_fresh_database_has_no_revision(empty_db_url):
     if backend_name(empty_db_url) == "duckdb":
         duckdb.connect(empty_db_url.removeprefix("duckdb:///")).close()  # an empty file
-    assert migrate.current_revision(empty_db_url) is None
+    assert migrate.current_revision(url=empty_db_url) is None
 
 
 def test_only_upgrades_create_a_duckdb_file(tmp_path):
     url = f"duckdb:///{tmp_path / 'typo.duckdb'}"
     with pytest.raises(DatabaseError, match="no database at .*filterdb init"):
-        migrate.current_revision(url)
+        migrate.current_revision(url=url)
     with pytest.raises(DatabaseError, match="no database at"):
-        migrate.downgrade(url, "base")
+        migrate.downgrade("base", url=url)
     assert not (tmp_path / "typo.duckdb").exists()
-    assert migrate.upgrade(url) == migrate.head_revision()
+    assert migrate.upgrade(url=url) == migrate.head_revision()
 
 
 def test_an_unknown_revision_is_one_line(db_url):
     with pytest.raises(DatabaseError, match="Can't locate revision .*filterdb db history"):
-        migrate.upgrade(db_url, "bogus")
+        migrate.upgrade("bogus", url=db_url)
+
+
+# --- every revision's views are frozen -----------------------------------------------------
+
+# sha256 of the views each revision creates (name and SQL, in creation order). A change of
+# any revision's view SQL fails here: change the views in a new revision instead.
+FROZEN_VIEW_HASHES = {
+    "0001": "eb587a6996635d16dcdc9fcd178cd862cc9f1eb4829853d63933db3485d15d74",
+    "0002": "6702bab7b7268ff946d9a0ff653c6c72f76ad9936c9f6dd1f05ea6f94a56b29e",
+}
+
+
+def views_hash(views) -> str:
+    digest = hashlib.sha256()
+    for view in views:
+        digest.update(f"{view.name}\0{view.sql}\0".encode())
+    return digest.hexdigest()
+
+
+def revision_modules() -> dict[str, object]:
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
+    return {script.revision: script.module for script in scripts.walk_revisions()}
+
+
+def test_every_revision_creates_its_own_frozen_views():
+    modules = revision_modules()
+    assert set(modules) == set(FROZEN_VIEW_HASHES), "pin the views hash of the new revision"
+    for revision, module in modules.items():
+        assert views_hash(module.CREATED_VIEWS) == FROZEN_VIEW_HASHES[revision], revision
+        # No revision builds the live catalogue, which moves on after it.
+        assert module.CREATED_VIEWS is not VIEWS
+
+
+def test_the_head_revision_creates_the_live_catalogue():
+    head = revision_modules()[migrate.head_revision()]
+    frozen = [(v.name, v.sql, list(v.columns)) for v in head.CREATED_VIEWS]
+    assert frozen == [(v.name, v.sql, list(v.columns)) for v in VIEWS], (
+        "filterdb/warehouse/views.py changed without a new revision that creates it"
+    )

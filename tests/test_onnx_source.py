@@ -15,8 +15,9 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from filterdb.errors import CheckpointMissing, SourceError
-from filterdb.sources.base import TrainingInfo, files_sha256
-from filterdb.sources.onnx_file import onnx_candidate, read_onnx
+from filterdb.ingest.sources.base import files_sha256
+from filterdb.ingest.sources.onnx_file import onnx_candidate, read_onnx
+from filterdb.warehouse.records import TrainingInfo
 
 OPSET = [helper.make_opsetid("", 17)]
 

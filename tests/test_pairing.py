@@ -11,18 +11,18 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterdb.ingest import ingest
-from filterdb.pairing import (
+from filterdb.analysis.pairing import (
     Pair,
-    PairingError,
     find_pairs,
     pair_models,
     pairs_from_file,
     read_pairs_file,
     resolve_model_name,
 )
-from filterdb.sources.base import TrainingInfo
-from filterdb.sources.checkpoint import checkpoint_candidate
+from filterdb.errors import PairingError
+from filterdb.ingest.pipeline import ingest
+from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+from filterdb.warehouse.records import TrainingInfo
 
 CARMON = "cifar10/Linf/Carmon2019Unlabeled"
 HYDRA = "cifar10/Linf/Sehwag2020Hydra"
@@ -270,7 +270,7 @@ def test_the_papers_pairs_file_resolves_against_ingested_zoo_names(db_url, tmp_p
     ):
         store_named_model(db_url, tmp_path, seed, name, training)
 
-    pairing = find_pairs(db_url, pairs_file=path)
+    pairing = find_pairs(url=db_url, pairs_file=path)
     assert pairing.pairs == (
         Pair(CARMON, CARMON_NORMAL, "WideResNet-28-10", "cifar10"),
         Pair(HYDRA, CARMON_NORMAL, "WideResNet-28-10", "cifar10"),

@@ -16,10 +16,9 @@ import scipy.stats
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from filterdb.errors import FilterdbError
+from filterdb.errors import FilterdbError, MetricError, NoPCA
 from filterdb.metrics.drift import BINS, drift_matrix, drift_series
-from filterdb.metrics.layer import MetricError
-from filterdb.metrics.pca import NoPCA, _orientation, fit_pca, scale_non_sparse
+from filterdb.metrics.pca import _orientation, fit_pca, scale_non_sparse
 
 TOLERANCE = {"rtol": 1e-9, "atol": 1e-12}
 FLOAT32_EPS = 2.0**-23

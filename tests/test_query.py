@@ -1,7 +1,7 @@
 """Ad-hoc SQL is read-only by two guards, each tested alone (STYLE.md section 5).
 
 Guard 1 is the statement check (``check_read_only``); guard 2 is the connection, reached
-without guard 1 through ``query._execute``. Every refusal also proves that nothing changed:
+without guard 1 through ``query.execute._execute``. Every refusal also proves that nothing changed:
 same tables and views, same rows, and no file written on either side of the connection.
 """
 
@@ -18,11 +18,12 @@ import sqlalchemy as sa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filterdb import migrate, query
-from filterdb.database import backend_name, engine_for
 from filterdb.errors import DatabaseError, QueryFailed, QueryRefused
-from filterdb.query import check_read_only, run_query
-from filterdb.schema import model
+from filterdb.warehouse import migrate, query
+from filterdb.warehouse.database import backend_name, engine_for
+from filterdb.warehouse.query import check_read_only, run_query
+from filterdb.warehouse.query import execute as query_execute
+from filterdb.warehouse.schema import model
 
 MODEL_NAMES = ["alpha", "beta"]
 
@@ -76,7 +77,7 @@ def seeded_duckdb_url(duckdb_url) -> str:
 def seeded_postgres_url(empty_db_url) -> str:
     if backend_name(empty_db_url) != "postgresql":
         pytest.skip("PostgreSQL behaviour")
-    migrate.upgrade(empty_db_url)
+    migrate.upgrade(url=empty_db_url)
     put_models(empty_db_url, MODEL_NAMES)
     return empty_db_url
 
@@ -290,8 +291,8 @@ def test_long_query_is_cancelled_at_the_timeout(seeded_url):
 
 
 def test_a_database_not_at_head_is_refused(empty_db_url):
-    migrate.upgrade(empty_db_url)
-    migrate.downgrade(empty_db_url, "base")
+    migrate.upgrade(url=empty_db_url)
+    migrate.downgrade("base", url=empty_db_url)
     with pytest.raises(DatabaseError, match="holds no filterdb schema"):
         run_query("SELECT 1", url=empty_db_url)
 
@@ -315,10 +316,10 @@ def test_duckdb_connection_alone_refuses_writes_and_files(seeded_duckdb_url, tmp
     ]
     for sql in statements:
         with pytest.raises(QueryFailed) as failed:
-            query._execute(sql, url=seeded_duckdb_url, write=False, timeout_s=10)
+            query_execute._execute(sql, url=seeded_duckdb_url, write=False, timeout_s=10)
         assert "found-the-file" not in assert_one_line(failed), sql
     with pytest.raises(QueryRefused, match="2 statements given"):
-        query._execute(
+        query_execute._execute(
             "SELECT 1; DELETE FROM model", url=seeded_duckdb_url, write=False, timeout_s=10
         )
     assert not out_csv.exists() and not other_db.exists()
@@ -329,7 +330,7 @@ def test_duckdb_connection_alone_refuses_writes_and_files(seeded_duckdb_url, tmp
 
 
 def execute_unchecked(sql: str, url: str):
-    return query._execute(sql, url=url, write=False, timeout_s=10)
+    return query_execute._execute(sql, url=url, write=False, timeout_s=10)
 
 
 def test_postgres_transaction_alone_refuses_writes(seeded_postgres_url):

@@ -25,27 +25,26 @@ from scipy import stats
 from test_layer_metrics import oracle
 from typer.testing import CliRunner
 
-from cli.main import app
-from filterdb import migrate, report
-from filterdb.database import engine_for, read_frame
-from filterdb.errors import FilterdbError
-from filterdb.ingest import ingest
-from filterdb.metrics.drift import drift_matrix, drift_series
-from filterdb.metrics.pca import NoPCA
-from filterdb.pairing import PairingError
-from filterdb.report import (
+from filterdb.analysis import comparison
+from filterdb.analysis.comparison import (
     MAX_PERMUTATION_PAIRS,
     PAIRED_EFFECT,
     PAIRED_TEST,
     UNPAIRED_EFFECT,
     UNPAIRED_TEST,
-    compare_models,
     compare_samples,
-    write_robust_vs_normal_report,
 )
-from filterdb.sources.base import TrainingInfo
-from filterdb.sources.checkpoint import checkpoint_candidate
-from filterdb.views import DEPTH_BIN_LABELS
+from filterdb.cli.main import app
+from filterdb.errors import FilterdbError, NoPCA, PairingError
+from filterdb.ingest.pipeline import ingest
+from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+from filterdb.metrics.drift import drift_matrix, drift_series
+from filterdb.reports.compare import compare_models
+from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
+from filterdb.warehouse import migrate
+from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.warehouse.records import TrainingInfo
+from filterdb.warehouse.views import DEPTH_BIN_LABELS
 
 runner = CliRunner()
 PROFILE_METRICS = (
@@ -195,7 +194,7 @@ def zoo_url(request, tmp_path_factory):
     else:
         urls = fresh_postgres_database()
     url = next(urls)
-    migrate.upgrade(url)
+    migrate.upgrade(url=url)
     folder = tmp_path_factory.mktemp("checkpoints")
     for name, (_, _, architecture, training_type, dataset) in ZOO.items():
         path = folder / f"{name}.pt"
@@ -212,7 +211,7 @@ def zoo_url(request, tmp_path_factory):
 @pytest.fixture(scope="module")
 def auto_report(zoo_url, tmp_path_factory):
     out = tmp_path_factory.mktemp("auto")
-    return write_robust_vs_normal_report(zoo_url, out_dir=out, training_dataset="toy")
+    return write_robust_vs_normal_report(url=zoo_url, out_dir=out, training_dataset="toy")
 
 
 # --- an independent computation from the raw weights -------------------------------------
@@ -357,8 +356,8 @@ def test_drift_without_a_basis_says_why(zoo_url, auto_report, monkeypatch):
     def no_basis(_pairs):
         raise NoPCA("no PCA: the group has 5 non-sparse filters and a PCA needs at least 9")
 
-    monkeypatch.setattr(report, "drift_series", no_basis)
-    drift = report.drift_by_depth(zoo_url, auto_report.pairing)
+    monkeypatch.setattr(comparison, "drift_series", no_basis)
+    drift = comparison.drift_by_depth(auto_report.pairing, url=zoo_url)
     assert drift["drift"].is_nan().all() and drift.height == auto_report.drift.height
     assert set(drift["note"]) == {
         "no drift: no PCA: the group has 5 non-sparse filters" + " and a PCA needs at least 9"
@@ -370,7 +369,7 @@ def test_pairs_file_one_to_one_uses_the_paired_test(zoo_url, tmp_path):
     pairs_of = zip(TOY_ROBUST, TOY_NORMAL, strict=True)
     rows = [f"{i},{r},{n},tiny-cnn,toy" for i, (r, n) in enumerate(pairs_of)]
     pairs.write_text("\n".join([",Robust,Normal,Arch,Dataset", *rows]) + "\n")
-    result = write_robust_vs_normal_report(zoo_url, out_dir=tmp_path / "out", pairs_file=pairs)
+    result = write_robust_vs_normal_report(url=zoo_url, out_dir=tmp_path / "out", pairs_file=pairs)
     assert result.pairing.one_to_one
     # No --training-dataset: every stored model outside the file's pairs is listed.
     assert result.pairing.unpaired_robust == ("lonely", "twin-r")
@@ -391,14 +390,16 @@ def test_pairs_file_one_to_one_uses_the_paired_test(zoo_url, tmp_path):
 
 
 def test_twins_drift_zero_and_untestable_bins_say_why(zoo_url, tmp_path):
-    first = write_robust_vs_normal_report(zoo_url, out_dir=tmp_path / "a", training_dataset="twins")
+    first = write_robust_vs_normal_report(
+        url=zoo_url, out_dir=tmp_path / "a", training_dataset="twins"
+    )
     assert first.drift["drift"].to_list() == [0.0] * first.drift.height
     assert first.pairing.one_to_one
     assert first.statistics["p_value"].is_nan().all()
     assert set(first.statistics["note"]) == {"no test: all paired differences are 0"}
     # The same data gives the same files, byte for byte.
     second = write_robust_vs_normal_report(
-        zoo_url, out_dir=tmp_path / "b", training_dataset="twins"
+        url=zoo_url, out_dir=tmp_path / "b", training_dataset="twins"
     )
     names = sorted(p.name for p in (tmp_path / "a").iterdir())
     assert names == sorted(p.name for p in (tmp_path / "b").iterdir())
@@ -409,7 +410,7 @@ def test_twins_drift_zero_and_untestable_bins_say_why(zoo_url, tmp_path):
 
 def test_no_pair_is_a_one_line_error(zoo_url, tmp_path):
     with pytest.raises(PairingError, match="no robust/normal pair found") as caught:
-        write_robust_vs_normal_report(zoo_url, out_dir=tmp_path, training_dataset="absent")
+        write_robust_vs_normal_report(url=zoo_url, out_dir=tmp_path, training_dataset="absent")
     assert "\n" not in str(caught.value)
 
 
@@ -417,7 +418,7 @@ def test_no_pair_is_a_one_line_error(zoo_url, tmp_path):
 
 
 def test_compare_same_architecture_joins_layers_by_index(zoo_url, tmp_path):
-    comparison = compare_models(zoo_url, "r1", "n1", out_dir=tmp_path)
+    comparison = compare_models("r1", "n1", url=zoo_url, out_dir=tmp_path)
     assert comparison.joined_on == "conv_index"
     layers = comparison.layers
     assert layers["conv_index"].to_list() == [0, 1, 2]
@@ -437,7 +438,7 @@ def test_compare_same_architecture_joins_layers_by_index(zoo_url, tmp_path):
 
 
 def test_compare_other_architecture_joins_by_depth_bin(zoo_url):
-    comparison = compare_models(zoo_url, "r1", "lonely")
+    comparison = compare_models("r1", "lonely", url=zoo_url)
     assert comparison.joined_on == "depth_bin" and comparison.plot is None
     bins = layer_bins(zoo_url)
     layers = comparison.layers
@@ -456,7 +457,7 @@ def test_compare_other_architecture_joins_by_depth_bin(zoo_url):
 
 def test_compare_unknown_model(zoo_url):
     with pytest.raises(FilterdbError, match="no stored model named nope"):
-        compare_models(zoo_url, "r1", "nope")
+        compare_models("r1", "nope", url=zoo_url)
 
 
 # --- the command line --------------------------------------------------------------------

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from filterdb.errors import CheckpointMissing, SourceError
-from filterdb.sources import robustbench as zoo
-from filterdb.sources.leaderboard import read_entry
-from filterdb.sources.robustbench_compat import import_robustbench
+from filterdb.ingest.sources import robustbench as zoo
+from filterdb.ingest.sources.leaderboard import read_entry
+from filterdb.ingest.sources.robustbench_compat import import_robustbench
 
 CARMON = ("cifar10", "Linf", "Carmon2019Unlabeled")  # WRN-28-10, built with sub_block1
 AUGMIX = ("cifar10", "corruptions", "Hendrycks2020AugMix_WRN")  # WRN-40-2, the smallest
@@ -322,7 +322,7 @@ def test_filterdb_works_without_robustbench():
 import sys
 sys.modules["robustbench"] = None  # what Python does for a module that must not import
 from filterdb.errors import SourceError
-from filterdb.sources import leaderboard, robustbench
+from filterdb.ingest.sources import leaderboard, robustbench
 print(leaderboard.parse_eps("8/255")[0])
 try:
     robustbench.zoo_entries("cifar10", "Linf")

@@ -14,12 +14,12 @@ from hypothesis import strategies as st
 from torch import nn
 
 from filterdb.errors import SourceError
-from filterdb.sources.torch_graph import trace_convs
+from filterdb.ingest.sources.torch_graph import trace_convs
 
 
 def robustbench_architecture(name: str) -> types.ModuleType:
     """``robustbench.model_zoo.architectures.<name>``, imported through filterdb's adapter."""
-    from filterdb.sources.robustbench_compat import import_robustbench
+    from filterdb.ingest.sources.robustbench_compat import import_robustbench
 
     try:
         import_robustbench()

@@ -9,10 +9,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from cli.main import app
-from filterdb import check
-from filterdb.database import engine_for, read_frame
-from filterdb.sources import robustbench as zoo
+from filterdb.cli.main import app
+from filterdb.ingest.sources import robustbench as zoo
+from filterdb.warehouse import check
+from filterdb.warehouse.database import engine_for, read_frame
 
 runner = CliRunner()
 ENTRY = ("cifar10", "Linf", "Sehwag2021Proxy_R18")  # a ResNet-18 zoo entry
@@ -82,7 +82,7 @@ def test_ingest_a_zoo_entry_with_its_leaderboard_data(db_url, model_dir, shared_
         ).to_numpy()
     expected = state[f"{first['layer_name']}.weight"].reshape(-1, 9).numpy()
     assert stored.tobytes() == np.ascontiguousarray(expected).tobytes()
-    assert check.check(db_url) == []
+    assert check.check(url=db_url) == []
 
 
 def test_all_lists_missing_checkpoints_and_stores_the_rest(duckdb_url, model_dir):

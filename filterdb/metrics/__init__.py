@@ -1,9 +1,7 @@
-"""Metrics over stored filters (SPEC section 5): pure functions on weights and filter arrays.
+"""Metrics over stored filters (SPEC section 5).
 
-:mod:`filterdb.metrics.layer` holds the per-layer metrics (sparsity, variance entropy and
-its variants, orthogonality, norms) and their version numbers.
+- :mod:`filterdb.metrics.registry`: the one list of layer metrics (plain data);
+- :mod:`filterdb.metrics.layer`, :mod:`filterdb.metrics.pca`, :mod:`filterdb.metrics.drift`:
+  pure kernels on weights and filter arrays, importing no database code;
+- :mod:`filterdb.metrics.cache`: compute what is missing over the warehouse, and cache it.
 """
-
-from filterdb.metrics.layer import METRIC_VERSIONS, MetricValue, layer_metrics
-
-__all__ = ["METRIC_VERSIONS", "MetricValue", "layer_metrics"]

@@ -1,6 +1,7 @@
 """Per-layer metrics of one 3x3 conv layer (SPEC section 5, normative).
 
-:func:`layer_metrics` computes every metric of :data:`METRIC_VERSIONS` from a layer's weight
+:func:`layer_metrics` computes every metric of the registry
+(:mod:`filterdb.metrics.registry`) from a layer's weight
 in one go: one transfer to the device, float64 arithmetic, a 9x9 scatter matrix per entropy
 variant and one C_out x C_out Gram matrix. It is built from small public functions:
 
@@ -27,56 +28,18 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from filterdb.errors import FilterdbError
-from filterdb.views import DEFAULT_SPARSITY_EPS
+from filterdb.errors import MetricError
+from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS, METRICS
 
 # A numpy array or a torch tensor: the sparse rule and the scaling are written with
 # operators both support, so that the metrics (torch) and PCA (numpy) share them.
 ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
-
-# One version per metric; bump a metric's version whenever its definition changes, which
-# invalidates its cached values (SPEC section 5). The names are the v_layer_metrics columns.
-# The cache keeps the version in its key: filterdb.cache computes a metric again when its
-# stored version is not the current one, and depth_profile reads only the current one.
-# v_layer_metrics picks values by their parameters, not their version (a view cannot read
-# this dict), so a bump to N ships with an Alembic migration that deletes the metric's
-# older rows, `DELETE FROM metric_cache WHERE metric = '<name>' AND version < N`: a
-# database at head then never shows a stale value, only NULL until `filterdb metrics`
-# runs. cache._store, which deletes every other version of what it writes, is the second
-# line of defence.
-METRIC_VERSIONS: dict[str, int] = {
-    "sparsity": 1,
-    "variance_entropy": 1,
-    "variance_entropy_norm": 1,
-    "variance_entropy_clean": 1,
-    "variance_entropy_clean_norm": 1,
-    "variance_entropy_scaled": 1,
-    "variance_entropy_scaled_norm": 1,
-    "orthogonality": 1,
-    "l1": 1,
-    "l2": 1,
-}
-
-# The metrics whose value depends on the sparsity threshold eps: their cache key carries it.
-EPS_DEPENDENT_METRICS: frozenset[str] = frozenset(
-    {
-        "sparsity",
-        "variance_entropy_clean",
-        "variance_entropy_clean_norm",
-        "variance_entropy_scaled",
-        "variance_entropy_scaled_norm",
-    }
-)
 
 # Logistic fit of the variance entropy of m random filters (SPEC section 5).
 _H_MAX_L = 1.2618047
 _H_MAX_X0 = 2.30436435
 _H_MAX_K = 0.88767525
 _H_MAX_B = -0.31050834
-
-
-class MetricError(FilterdbError):
-    """A metric cannot be computed with the options given (a sparsity eps out of range)."""
 
 
 @dataclass(frozen=True)
@@ -100,12 +63,12 @@ def layer_metrics(
     eps: float = DEFAULT_SPARSITY_EPS,
     device: str | torch.device = "cpu",
 ) -> dict[str, MetricValue]:
-    """Every metric of :data:`METRIC_VERSIONS` for one 3x3 conv layer.
+    """Every metric of :data:`~filterdb.metrics.registry.METRICS` for one 3x3 conv layer.
 
     A layer with a NaN or infinite weight (stored with ``--allow-nonfinite``) gets None for
     every metric: SPEC section 5 defines none of them there (the entropies' eigen-
     decomposition would fail, the others would be NaN), and one such layer must not stop
-    the metrics of the other layers and models (:func:`filterdb.cache.compute_metrics`).
+    the metrics of the other layers and models (:func:`filterdb.metrics.cache.compute_metrics`).
     Its supports are counted by the same rules as for any layer; a comparison with NaN
     is false, so a NaN layer max makes no filter sparse. The supports weigh values only
     where the value is not None (SPEC section 5, depth bins).
@@ -124,7 +87,7 @@ def layer_metrics(
     Returns
     -------
     dict
-        Metric name to :class:`MetricValue`, keys in :data:`METRIC_VERSIONS` order.
+        Metric name to :class:`MetricValue`, keys in registry order.
 
     Raises
     ------
@@ -149,7 +112,7 @@ def layer_metrics(
     for name, subset in entropy_sets.items():
         supports[name] = supports[f"{name}_norm"] = subset.shape[0]
     if not bool(torch.isfinite(filters).all()):
-        return {name: MetricValue(None, supports[name]) for name in METRIC_VERSIONS}
+        return {name: MetricValue(None, supports[name]) for name in METRICS}
 
     values = {
         "sparsity": int(sparse.sum()) / n_filters,
@@ -160,7 +123,7 @@ def layer_metrics(
     for name, subset in entropy_sets.items():
         values[name] = variance_entropy(subset)
         values[f"{name}_norm"] = normalized_entropy(values[name], subset.shape[0])
-    return {name: MetricValue(values[name], supports[name]) for name in METRIC_VERSIONS}
+    return {name: MetricValue(values[name], supports[name]) for name in METRICS}
 
 
 def require_eps(eps: float) -> None:
@@ -168,8 +131,8 @@ def require_eps(eps: float) -> None:
 
     A negative eps would keep all-zero filters, an infinite one makes 0 x inf = NaN. Every
     function that takes an eps comes through here (:func:`is_sparse` calls it); the
-    long-running ones (:func:`filterdb.cache.compute_metrics`, the PCA and drift of
-    :mod:`filterdb.analysis`) call it before any work.
+    long-running ones (:func:`filterdb.metrics.cache.compute_metrics`, the PCA and drift of
+    :mod:`filterdb.analysis.pca_drift`) call it before any work.
     """
     if not 0 <= eps < math.inf:
         raise MetricError(

@@ -12,15 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from filterdb.errors import FilterdbError
+from filterdb.errors import NoPCA
 from filterdb.metrics.layer import is_sparse, scale_by_peak
-from filterdb.views import DEFAULT_SPARSITY_EPS
+from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
 
 N_WEIGHTS = 9  # a 3x3 kernel, w0..w8 row-major
-
-
-class NoPCA(FilterdbError):
-    """No PCA of a group: under 9 non-sparse filters, zero variance, or non-finite weights."""
 
 
 @dataclass(frozen=True)

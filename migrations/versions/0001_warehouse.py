@@ -10,13 +10,16 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from filterdb import views
-from migrations import views_0001
+from filterdb.migrations import views_0001
+from filterdb.warehouse import views
 
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+
+# The views this revision creates, frozen (tests/test_migrations.py pins their hash).
+CREATED_VIEWS = views_0001.VIEWS
 
 SEQUENCES = ("model_id_seq", "layer_id_seq", "ingest_id_seq")
 
@@ -139,12 +142,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("ingest_id", name="pk_ingest_log"),
     )
     # The views as 0001 shipped them, not the current catalogue: later revisions may
-    # reference columns that do not exist yet (filterdb/views.py).
-    views.create_views(op.get_bind(), views_0001.VIEWS)
+    # reference columns that do not exist yet.
+    views.create_views(op.get_bind(), CREATED_VIEWS)
 
 
 def downgrade() -> None:
-    views.drop_views(op.get_bind(), views_0001.VIEWS)
+    views.drop_views(op.get_bind(), CREATED_VIEWS)
     for table in ("ingest_log", "metric_cache", "filter", "layer", "training", "model"):
         op.drop_table(table)
     for name in SEQUENCES:

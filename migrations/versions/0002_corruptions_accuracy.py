@@ -10,9 +10,8 @@ section 6), so it gets its own nullable column; rows stored before this revision
 NULL until their leaderboard is read again.
 
 The views are dropped and created again around the change: v_models gains the column.
-This is the newest revision, so it creates the current catalogue of
-:mod:`filterdb.views`; the revision that next changes the views freezes this one's SQL
-here, as ``migrations/views_0001.py`` does for 0001.
+Their SQL is frozen in ``migrations/views_0002.py``, so that later edits of the live
+catalogue (:mod:`filterdb.warehouse.views`) never change what "0002" means.
 """
 
 from __future__ import annotations
@@ -20,23 +19,26 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from filterdb import views
-from migrations import views_0001
+from filterdb.migrations import views_0001, views_0002
+from filterdb.warehouse import views
 
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
+# The views this revision creates (tests/test_migrations.py pins their hash).
+CREATED_VIEWS = views_0002.VIEWS
+
 
 def upgrade() -> None:
     views.drop_views(op.get_bind(), views_0001.VIEWS)
     op.add_column("training", sa.Column("corruptions_acc", sa.Double))
-    views.create_views(op.get_bind())
+    views.create_views(op.get_bind(), CREATED_VIEWS)
 
 
 def downgrade() -> None:
     # PostgreSQL refuses to drop a column that a view reads: views first.
-    views.drop_views(op.get_bind())
+    views.drop_views(op.get_bind(), CREATED_VIEWS)
     op.drop_column("training", "corruptions_acc")
     views.create_views(op.get_bind(), views_0001.VIEWS)

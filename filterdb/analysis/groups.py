@@ -1,0 +1,99 @@
+"""Groups of stored filters for PCA and drift: which layers, and their scaled filters.
+
+A group is a set of layers (a model, robust or normal models, a depth bin, a dataset...).
+PCA and drift work on the group's non-sparse filters, each divided by its own largest
+absolute weight, where "sparse" is judged against each filter's own layer max (SPEC
+section 5). Filters are read layer by layer and only the scaled non-sparse ones are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import polars as pl
+
+from filterdb.errors import FilterdbError
+from filterdb.metrics.pca import scale_non_sparse
+from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
+from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.warehouse.migrate import require_head
+from filterdb.warehouse.read import iter_layer_filters
+from filterdb.warehouse.views import DEPTH_BIN_LABELS
+
+GROUP_KINDS = ("all", "robust", "normal", "model", "depth", "dataset", "architecture")
+
+# How each grouping of ``filterdb drift --by`` splits the layers: a v_layers column.
+GROUPING_COLUMNS = {
+    "depth": "depth_bin",
+    "training_type": "training_type",
+    "training_dataset": "training_dataset",
+    "architecture": "architecture",
+    "model": "model_name",
+}
+
+
+def stored_layers(*, url: str | None = None) -> pl.DataFrame:
+    """Every stored layer (``v_layers``) with what grouping needs, ordered by model."""
+    with engine_for(url) as engine:
+        require_head(engine)
+        with engine.connect() as connection:
+            return read_frame(connection, "SELECT * FROM v_layers ORDER BY model_name, conv_index")
+
+
+def select_layers(layers: pl.DataFrame, group: str) -> pl.DataFrame:
+    """The layers of ``group``: all, robust, normal, model=NAME, depth=BIN, dataset=NAME,
+    architecture=NAME. Raises a one-line error for an unknown group or an empty one."""
+    kind, _, value = group.partition("=")
+    if kind not in GROUP_KINDS or (kind in ("all", "robust", "normal")) == bool(value):
+        raise FilterdbError(
+            f"unknown group {group!r}; use all, robust, normal, model=NAME, depth=BIN, "
+            "dataset=NAME or architecture=NAME"
+        )
+    if kind == "depth" and value not in DEPTH_BIN_LABELS:
+        raise FilterdbError(
+            f"unknown depth bin {value!r}; use one of {', '.join(DEPTH_BIN_LABELS)}"
+        )
+    condition = {
+        "all": pl.lit(True),
+        "robust": pl.col("robust"),
+        "normal": ~pl.col("robust"),
+        "model": pl.col("model_name") == value,
+        "depth": pl.col("depth_bin") == value,
+        "dataset": pl.col("training_dataset") == value,
+        "architecture": pl.col("architecture") == value,
+    }[kind]
+    selected = layers.filter(condition.fill_null(False))
+    if selected.height == 0:
+        raise FilterdbError(f"group {group} holds no stored layer; `filterdb models` lists them")
+    return selected
+
+
+def scaled_filters(
+    layers: pl.DataFrame, *, url: str | None = None, eps: float = DEFAULT_SPARSITY_EPS
+) -> np.ndarray:
+    """The non-sparse filters of ``layers``, each scaled to max |w| 1, pooled (float64)."""
+    return np.concatenate(list(_scaled_per_layer(layers, url=url, eps=eps)) or [np.empty((0, 9))])
+
+
+def scaled_filters_by(
+    layers: pl.DataFrame, column: str, *, url: str | None = None, eps: float = DEFAULT_SPARSITY_EPS
+) -> dict[str, np.ndarray]:
+    """Scaled non-sparse filters pooled per value of ``column`` (NULL becomes "unknown").
+
+    Each layer is read once, whatever the number of groups.
+    """
+    keys = layers[column].cast(pl.String).fill_null("unknown").to_list()
+    pooled: dict[str, list[np.ndarray]] = {}
+    for key, filters in zip(keys, _scaled_per_layer(layers, url=url, eps=eps), strict=True):
+        pooled.setdefault(key, []).append(filters)
+    return {key: np.concatenate(parts) for key, parts in pooled.items()}
+
+
+def _scaled_per_layer(layers: pl.DataFrame, *, url: str | None, eps: float) -> Iterable[np.ndarray]:
+    with engine_for(url) as engine, engine.connect() as connection:
+        shapes = layers.select("layer_id", "n_filters").iter_rows()
+        for filters, layer_max in zip(
+            iter_layer_filters(connection, shapes, ahead=True), layers["max_abs"], strict=True
+        ):
+            yield scale_non_sparse(filters, layer_max, eps=eps)

@@ -1,0 +1,125 @@
+"""What every source hands to extraction: the model's metadata and its conv weights.
+
+A source (RobustBench zoo entry, torch checkpoint, ONNX file) reads a model and returns a
+:class:`ModelSource`. Extraction (:mod:`filterdb.ingest.extract`) keeps the 3x3 convs and turns
+them into rows; nothing downstream knows where a model came from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from filterdb.errors import SourceError
+from filterdb.warehouse.records import ModelInfo
+
+
+@dataclass
+class ConvLayer:
+    """One convolution the model runs, of any kernel size.
+
+    ``weight`` has shape (C_out, C_in / groups, kh, kw) and may live on any device and be
+    non-contiguous. ``graph_depth`` is the conv's longest-path depth in the computation
+    graph (or its position when the graph is unknown); convs of every kernel size are
+    needed because conv_depth ranks the depths that hold any conv (SPEC section 5).
+    """
+
+    name: str
+    weight: torch.Tensor
+    graph_depth: int
+    groups: int = 1
+    stride: tuple[int, ...] | None = None
+    dilation: tuple[int, ...] | None = None
+
+    @property
+    def is_3x3(self) -> bool:
+        return self.weight.dim() == 4 and tuple(self.weight.shape[2:]) == (3, 3)
+
+
+@dataclass
+class ModelSource:
+    """A model ready for extraction.
+
+    ``convs`` are in extraction order (state_dict key order for torch, node order for
+    ONNX) and hold only the convs the forward pass reaches when the architecture is known;
+    ``n_unreached_convs`` counts the 3x3 convs left out for that reason (SPEC section 4).
+    ``depth_method`` is ``graph`` (torch.fx), ``onnx``, ``execution_order`` (forward hooks)
+    or ``key_order`` (no architecture).
+    """
+
+    info: ModelInfo
+    convs: list[ConvLayer]
+    depth_method: str
+    n_unreached_convs: int = 0
+
+
+@dataclass
+class Candidate:
+    """A model about to be ingested: its identity is known, its weights not yet loaded.
+
+    ``read`` loads the weights and returns the :class:`ModelSource`; ``paths`` are the
+    checkpoint files whose bytes identify the model.
+    """
+
+    name: str
+    source: str
+    paths: list[Path]
+    read: Callable[[], ModelSource]
+
+
+def files_sha256(paths: list[Path]) -> str:
+    """SHA-256 over the bytes of ``paths`` in order: a model's identity (SPEC section 4)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 22):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def looks_like_html(path: Path) -> bool:
+    """True when ``path`` starts like an HTML page: what a failed download often leaves."""
+    with open(path, "rb") as handle:
+        start = handle.read(512).lstrip()
+    # Neither a torch zip, a legacy pickle nor protobuf starts with "<" after whitespace.
+    return start.startswith(b"<")
+
+
+def load_tensors(path: Path) -> object:
+    """``torch.load(path, weights_only=True)``: tensors and plain containers, never code.
+
+    Raises a one-line :class:`SourceError` naming the cause: an HTML page (a failed
+    download), a pickle that would run code, a corrupt or truncated file.
+    """
+    if looks_like_html(path):
+        raise SourceError(
+            f"{path} is an HTML page, not a checkpoint (failed download?); delete it and "
+            "fetch the real checkpoint again"
+        )
+    try:
+        # Memory-mapped, checking a zip checkpoint costs its pickle, not its tensors.
+        return torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
+    # Foreign or truncated bytes make torch's unpickler fail in many ways (UnpicklingError,
+    # EOFError, KeyError, IndexError from its stack, ...): any failure here means the file
+    # is not a checkpoint we can read.
+    except Exception as error:
+        text = str(error)
+        if "GLOBAL" in text:
+            # torch names the global the pickle wanted to call: code, not tensors.
+            raise SourceError(
+                f"{path} was refused: unpickling it needs code execution; filterdb loads tensors "
+                "only (weights_only=True), so re-save it as a plain state_dict of tensors"
+            ) from None
+        reason = "not a pickle of tensors" if "Weights only load failed" in text else None
+        reason = reason or (text.strip().splitlines() or [type(error).__name__])[-1][:120]
+        raise SourceError(
+            f"{path} is not a readable torch checkpoint ({reason}); the file is corrupt or "
+            "truncated: fetch it again"
+        ) from None

@@ -1,0 +1,194 @@
+"""Torch checkpoints: a state_dict file, with or without an architecture (SPEC section 6).
+
+With an architecture (``robustbench:<dataset>/<threat>/<name>``, ``timm:<name>`` or
+``torchvision:<name>``) the state_dict is loaded into it and the traced graph gives depth
+and tells which convs the forward pass reaches. Without one, every 4-D weight is a conv in
+key order, and depth is that order.
+
+TorchScript files are not accepted as architectures: loading one runs its code, outside
+the ``weights_only`` guarantee, and torch.fx cannot trace a scripted module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from filterdb.errors import SourceError
+from filterdb.ingest.sources.base import Candidate, ConvLayer, ModelSource, load_tensors
+from filterdb.warehouse.records import ModelInfo, TrainingInfo
+
+# Wrappers seen around state_dicts in the wild, and prefixes left by DataParallel and
+# Lightning-style wrappers.
+NESTING_KEYS = ("state_dict", "model", "model_state_dict", "net")
+STRIPPED_PREFIXES = ("module.", "model.")
+ARCH_KINDS = ("robustbench", "timm", "torchvision")
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Read the tensors of a checkpoint file without running any pickled code.
+
+    Unwraps ``state_dict``/``model`` nesting and strips ``module.``/``model.`` prefixes
+    shared by every key. Raises :class:`SourceError` naming the cause: a missing file, an
+    HTML page (failed download), a pickle that needs code, a corrupt or truncated file.
+    """
+    if not path.is_file():
+        raise SourceError(f"no checkpoint at {path}; check the path")
+    loaded = load_tensors(path)
+    return _unwrap(loaded, path)
+
+
+def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """Number of floating-point values in a state_dict (buffers such as BN stats included)."""
+    return sum(t.numel() for t in state_dict.values() if t.is_floating_point())
+
+
+def read_checkpoint(
+    path: Path,
+    *,
+    name: str | None = None,
+    arch: str | None = None,
+    architecture: str | None = None,
+    training: TrainingInfo | None = None,
+    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+) -> ModelSource:
+    """A :class:`ModelSource` for a state_dict file, optionally with an architecture.
+
+    ``arch`` builds the network (for graph depth); ``architecture`` is the name stored for
+    pairing and grouping (default: ``arch``).
+    """
+    state_dict = load_state_dict(path)
+    if arch is None:
+        convs = convs_in_key_order(state_dict)
+        depth_method, n_unreached, arch_name, family = "key_order", 0, None, None
+    else:
+        module = build_architecture(arch, state_dict, checkpoint=path)
+        from filterdb.ingest.sources.torch_graph import trace_convs
+
+        traced = trace_convs(module, input_shape=input_shape)
+        convs, depth_method = traced.convs, traced.depth_method
+        n_unreached = traced.n_unreached_convs
+        arch_name, family = arch, type(module).__name__
+    info = ModelInfo(
+        name=name or path.stem,
+        source="checkpoint",
+        source_uri=str(path),
+        architecture=architecture or arch_name,
+        family=family,
+        n_parameters=parameter_count(state_dict),
+        producer=f"torch {torch.__version__}",
+        training=training or TrainingInfo(),
+    )
+    return ModelSource(info, convs, depth_method, n_unreached)
+
+
+def convs_in_key_order(state_dict: Mapping[str, torch.Tensor]) -> list[ConvLayer]:
+    """Every 4-D weight as a conv, depth = its position (no architecture: SPEC section 4)."""
+    weights = [(key, t) for key, t in state_dict.items() if t.dim() == 4 and t.is_floating_point()]
+    return [
+        ConvLayer(name=key.removesuffix(".weight"), weight=tensor, graph_depth=position)
+        for position, (key, tensor) in enumerate(weights)
+    ]
+
+
+def build_architecture(
+    arch: str, state_dict: Mapping[str, torch.Tensor], *, checkpoint: Path
+) -> torch.nn.Module:
+    """Build ``arch`` without pretrained weights and load ``state_dict`` into it (strict)."""
+    kind, _, spec = arch.partition(":")
+    if kind not in ARCH_KINDS:
+        raise SourceError(
+            f"unknown architecture {arch!r}; use robustbench:<dataset>/<threat>/<name>, "
+            "timm:<name> or torchvision:<name>"
+        )
+    module = _build_named(kind, spec)
+    try:
+        module.load_state_dict(dict(state_dict), strict=True)
+    except RuntimeError as error:
+        summary = " ".join(str(error).split())[:300]
+        raise SourceError(
+            f"{checkpoint} does not fit architecture {arch}: {summary}; check --arch"
+        ) from None
+    return module.eval()
+
+
+def _build_named(kind: str, spec: str) -> torch.nn.Module:
+    if kind == "timm":
+        import timm
+
+        try:
+            return timm.create_model(spec, pretrained=False)
+        except RuntimeError:
+            raise SourceError(f"timm has no model {spec!r}; see timm.list_models()") from None
+    if kind == "torchvision":
+        import torchvision
+
+        try:
+            return torchvision.models.get_model(spec, weights=None)
+        except ValueError:
+            raise SourceError(
+                f"torchvision has no model {spec!r}; see torchvision.models.list_models()"
+            ) from None
+    from filterdb.ingest.sources.robustbench import build_zoo_architecture
+
+    dataset, threat_model, name = _split_zoo_spec(spec)
+    return build_zoo_architecture(name, dataset=dataset, threat_model=threat_model)
+
+
+def _split_zoo_spec(spec: str) -> tuple[str, str, str]:
+    parts = spec.split("/")
+    if len(parts) != 3:
+        raise SourceError(
+            f"malformed architecture robustbench:{spec}; use "
+            "robustbench:<dataset>/<threat>/<name>, e.g. robustbench:cifar10/Linf/Standard"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
+    while isinstance(loaded, Mapping):
+        nested = [k for k in NESTING_KEYS if isinstance(loaded.get(k), Mapping)]
+        if not nested or any(isinstance(v, torch.Tensor) for v in loaded.values()):
+            break
+        loaded = loaded[nested[0]]
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise SourceError(
+            f"{path} holds no state_dict (found {type(loaded).__name__}); save "
+            "model.state_dict() with torch.save"
+        )
+    tensors = {str(k): v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise SourceError(f"{path} holds no tensors; save model.state_dict() with torch.save")
+    for prefix in STRIPPED_PREFIXES:
+        if all(key.startswith(prefix) for key in tensors):
+            tensors = {key.removeprefix(prefix): t for key, t in tensors.items()}
+    return tensors
+
+
+def checkpoint_candidate(
+    path: Path,
+    *,
+    name: str | None = None,
+    arch: str | None = None,
+    architecture: str | None = None,
+    training: TrainingInfo | None = None,
+    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+) -> Candidate:
+    """A checkpoint file as an ingest :class:`Candidate` (nothing is loaded yet)."""
+    if not path.is_file():
+        raise SourceError(f"no checkpoint at {path}; check the path")
+    return Candidate(
+        name=name or path.stem,
+        source="checkpoint",
+        paths=[path],
+        read=lambda: read_checkpoint(
+            path,
+            name=name,
+            arch=arch,
+            architecture=architecture,
+            training=training,
+            input_shape=input_shape,
+        ),
+    )

@@ -1,0 +1,1 @@
+"""Reports: the robust-vs-normal report, model comparison, plots, documents, exports."""

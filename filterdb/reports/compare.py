@@ -1,0 +1,144 @@
+"""One model against another: layer by layer and per depth bin, with a plot."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from filterdb.files import output_directory
+from filterdb.metrics import cache
+from filterdb.metrics.registry import METRICS, POOLED_METRICS
+from filterdb.reports import plots
+from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.warehouse.migrate import require_head
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two models side by side.
+
+    Attributes
+    ----------
+    model_a, model_b : str
+        The models compared; differences are a - b.
+    joined_on : str
+        ``"conv_index"`` when both share an architecture (layer i against layer i), else
+        ``"depth_bin"`` (the k-th layer of a bin against the k-th layer of that bin).
+    layers : polars.DataFrame
+        One row per joined layer: the join keys, depth_bin, layer_name_a, layer_name_b,
+        then ``<metric>_a`` and ``<metric>_b`` for every cached metric (NULL where a model
+        has no such layer).
+    bins : polars.DataFrame
+        Long: metric, depth_bin_index, depth_bin, value_a, value_b, difference, one row
+        per metric and bin that either model holds.
+    plot : Path or None
+        The PNG written when ``out_dir`` was given.
+    """
+
+    model_a: str
+    model_b: str
+    joined_on: str
+    layers: pl.DataFrame
+    bins: pl.DataFrame
+    plot: Path | None
+
+
+def compare_models(
+    model_a: str, model_b: str, *, url: str | None = None, out_dir: Path | None = None
+) -> Comparison:
+    """Compare two stored models layer by layer and per depth bin.
+
+    Missing metrics are computed first. With ``out_dir``, writes ``comparison.png``
+    (each metric per depth bin, both models). Raises a one-line
+    :class:`~filterdb.errors.FilterdbError` naming a model that is not stored.
+    """
+    cache.compute_metrics(url=url, models=[model_a, model_b])
+    with engine_for(url) as engine:
+        require_head(engine)
+        with engine.connect() as connection:
+            layers = read_frame(
+                connection,
+                "SELECT * FROM v_layer_metrics WHERE model_name IN (:a, :b) "
+                "ORDER BY model_name, conv_index",
+                {"a": model_a, "b": model_b},
+            )
+    profile = cache.depth_profile(url=url, models=[model_a, model_b])
+    architectures = {
+        name: layers.filter(pl.col("model_name") == name)["architecture"][0]
+        for name in (model_a, model_b)
+    }
+    same = architectures[model_a] is not None and len(set(architectures.values())) == 1
+    joined_on = "conv_index" if same else "depth_bin"
+    bins = _bins_side_by_side(profile, model_a, model_b)
+    plot = None
+    if out_dir is not None:
+        output_directory(out_dir)
+        plot = plots.comparison_plot(
+            bins,
+            out_dir / "comparison.png",
+            model_a=model_a,
+            model_b=model_b,
+            metrics=POOLED_METRICS,
+        )
+    return Comparison(
+        model_a=model_a,
+        model_b=model_b,
+        joined_on=joined_on,
+        layers=_layers_side_by_side(layers, model_a, model_b, same_architecture=same),
+        bins=bins,
+        plot=plot,
+    )
+
+
+def _layers_side_by_side(
+    layers: pl.DataFrame, model_a: str, model_b: str, *, same_architecture: bool
+) -> pl.DataFrame:
+    # Same architecture: layer i is layer i. Otherwise align the k-th layer of each bin.
+    layers = layers.with_columns(
+        (pl.col("conv_index").rank("ordinal").over("model_name", "depth_bin_index") - 1)
+        .cast(pl.Int64)
+        .alias("position_in_bin")
+    )
+    keys = ["conv_index"] if same_architecture else ["depth_bin_index", "position_in_bin"]
+    columns = ["layer_name", "depth_bin", *METRICS]
+
+    def side(name: str, suffix: str) -> pl.DataFrame:
+        return layers.filter(pl.col("model_name") == name).select(
+            *keys, *(pl.col(c).alias(f"{c}{suffix}") for c in columns)
+        )
+
+    joined = side(model_a, "_a").join(side(model_b, "_b"), on=keys, how="full", coalesce=True)
+    return joined.select(
+        *keys,
+        pl.coalesce("depth_bin_a", "depth_bin_b").alias("depth_bin"),
+        "layer_name_a",
+        "layer_name_b",
+        *(f"{metric}{suffix}" for metric in METRICS for suffix in ("_a", "_b")),
+    ).sort(keys)
+
+
+def _bins_side_by_side(profile: pl.DataFrame, model_a: str, model_b: str) -> pl.DataFrame:
+    long = profile.unpivot(
+        on=list(POOLED_METRICS),
+        index=["model_name", "depth_bin_index", "depth_bin"],
+        variable_name="metric",
+    )
+    keys = ["metric", "depth_bin_index", "depth_bin"]
+
+    def side(name: str, column: str) -> pl.DataFrame:
+        return long.filter(pl.col("model_name") == name).select(
+            *keys, pl.col("value").alias(column)
+        )
+
+    joined = side(model_a, "value_a").join(
+        side(model_b, "value_b"), on=keys, how="full", coalesce=True, nulls_equal=True
+    )
+    order = {metric: i for i, metric in enumerate(POOLED_METRICS)}
+    return (
+        joined.with_columns((pl.col("value_a") - pl.col("value_b")).alias("difference"))
+        .with_columns(pl.col("metric").replace_strict(order).alias("_order"))
+        .sort("_order", "depth_bin_index")
+        .drop("_order")
+    )
