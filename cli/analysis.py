@@ -10,12 +10,10 @@ from typing import Annotated
 import polars as pl
 import typer
 
-from filterdb.analysis import pca_drift as analysis
 from filterdb.analysis.groups import GROUPING_COLUMNS
 from filterdb.cli.options import database_url
 from filterdb.cli.output import OutputFormat, emit_frame, err_console, one_line_errors
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
-from filterdb.reports import pca_drift as pca_drift_files
 
 app = typer.Typer()
 
@@ -53,6 +51,9 @@ def pca(
     out: OutDirOption = None,
 ) -> None:
     """PCA eigen-filters of a group: components, explained variance, cumulative ratio."""
+    from filterdb.analysis import pca_drift as analysis
+    from filterdb.reports import pca_drift as pca_drift_files
+
     with one_line_errors():
         result = analysis.pca_group(url=database_url(context), group=group, eps=eps)
         written = pca_drift_files.write_pca(result, out) if out else []
@@ -70,6 +71,9 @@ def drift(
     out: OutDirOption = None,
 ) -> None:
     """KL drift between every two groups, on one basis fitted on their union."""
+    from filterdb.analysis import pca_drift as analysis
+    from filterdb.reports import pca_drift as pca_drift_files
+
     title = f"KL drift by {by}"
     with one_line_errors():
         result = analysis.drift(url=database_url(context), by=by, eps=eps)

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import polars as pl
 import typer
 
 from filterdb.cli.options import database_url
 from filterdb.cli.output import console, one_line_errors, print_frame
-from filterdb.demo.run import DEFAULT_EPOCHS, QUICK_EPOCHS, DemoResult, run_demo
+from filterdb.demo import DEFAULT_EPOCHS, QUICK_EPOCHS
+
+if TYPE_CHECKING:
+    from filterdb.demo.run import DemoResult
 
 app = typer.Typer()
 
@@ -39,6 +42,8 @@ def demo(
 
     Offline, a few minutes on two CPU cores; re-running reuses the checkpoints in --out.
     """
+    from filterdb.demo.run import run_demo
+
     if quick and epochs is not None:
         raise typer.BadParameter("give --quick or --epochs, not both", param_hint="--epochs")
     with one_line_errors():

@@ -10,7 +10,6 @@ import typer
 
 from filterdb.cli.options import database_url
 from filterdb.cli.output import console, one_line_errors
-from filterdb.reports.export import export_hdf5, export_parquet
 
 app = typer.Typer()
 
@@ -18,9 +17,6 @@ app = typer.Typer()
 class ExportFormat(StrEnum):
     hdf5 = "hdf5"
     parquet = "parquet"
-
-
-EXPORTERS = {ExportFormat.hdf5: export_hdf5, ExportFormat.parquet: export_parquet}
 
 
 @app.command("export")
@@ -44,10 +40,11 @@ def export(
     overwrite: Annotated[bool, typer.Option(help="Replace OUT when it exists.")] = False,
 ) -> None:
     """Write the stored filters for other tools: CNN Filter DB notebooks, DuckDB, Polars."""
+    from filterdb.reports.export import export_hdf5, export_parquet
+
+    exporter = export_hdf5 if fmt is ExportFormat.hdf5 else export_parquet
     with one_line_errors():
-        result = EXPORTERS[fmt](
-            url=database_url(context), out=out, models=model, overwrite=overwrite
-        )
+        result = exporter(url=database_url(context), out=out, models=model, overwrite=overwrite)
     console.print(
         f"wrote {result.n_filters:,} filters of {result.n_layers:,} layers "
         f"({result.n_models} model{'' if result.n_models == 1 else 's'}) to {result.path}",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,12 +12,14 @@ from filterdb.cli.options import database_url
 from filterdb.cli.output import console, err_console, one_line_errors
 from filterdb.cli.progress import ingest_progress
 from filterdb.errors import FilterdbError
-from filterdb.ingest.pipeline import IngestResult, ingest_all
-from filterdb.ingest.sources import checkpoint as checkpoint_source
-from filterdb.ingest.sources import leaderboard, onnx_file
-from filterdb.ingest.sources.base import Candidate
-from filterdb.ingest.zoo_selection import DEFAULT_MODEL_DIR, zoo_selection
+from filterdb.ingest import DEFAULT_MODEL_DIR
+from filterdb.ingest.sources import leaderboard
 from filterdb.warehouse.records import TrainingInfo
+
+# Library modules that load torch are imported inside the commands: `--help` stays fast.
+if TYPE_CHECKING:
+    from filterdb.ingest.pipeline import IngestResult
+    from filterdb.ingest.sources.base import Candidate
 
 app = typer.Typer(help="Store every 3x3 filter of a model.", no_args_is_help=True)
 
@@ -112,6 +114,8 @@ def checkpoint(
     quiet: QuietOption = False,
 ) -> None:
     """Store the 3x3 filters of a torch checkpoint; all of it or nothing."""
+    from filterdb.ingest.sources import checkpoint as checkpoint_source
+
     with one_line_errors():
         info = training_info(
             training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
@@ -147,6 +151,8 @@ def onnx(
     quiet: QuietOption = False,
 ) -> None:
     """Store the 3x3 filters of an ONNX model; depth comes from its graph."""
+    from filterdb.ingest.sources import onnx_file
+
     with one_line_errors():
         info = training_info(
             training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
@@ -173,6 +179,8 @@ def run_ingest(
     missing: list[str] = (),
 ) -> None:
     """Ingest ``candidates``, print one line per model, exit 1 when any failed or missed."""
+    from filterdb.ingest.pipeline import ingest_all
+
     with one_line_errors(), ingest_progress(len(candidates), quiet=quiet) as on_progress:
         results, failures = ingest_all(
             candidates,
@@ -255,6 +263,8 @@ def robustbench(
     quiet: QuietOption = False,
 ) -> None:
     """Store RobustBench zoo entries from robustbench's cache layout (offline)."""
+    from filterdb.ingest.zoo_selection import zoo_selection
+
     if bool(model) == every:
         err_console.print("error: give one or more --model NAME, or --all")
         raise typer.Exit(2)

@@ -9,7 +9,7 @@ import typer
 from filterdb.cli.ingest import Dataset, ModelDirOption, ThreatModel
 from filterdb.cli.options import database_url
 from filterdb.cli.output import console, err_console, one_line_errors, print_frame
-from filterdb.ingest.zoo_selection import DEFAULT_MODEL_DIR, leaderboard_status, sync_leaderboard
+from filterdb.ingest import DEFAULT_MODEL_DIR
 
 app = typer.Typer(help="RobustBench leaderboard metadata and zoo status.", no_args_is_help=True)
 
@@ -23,6 +23,8 @@ def sync(
 ) -> None:
     """Write leaderboard figures (accuracies, eps, venue...) into the stored zoo models."""
     with one_line_errors():
+        from filterdb.ingest.zoo_selection import sync_leaderboard
+
         result = sync_leaderboard(url=database_url(context), model_info=model_info)
     console.print(f"updated {len(result.updated)} models")
     for name in result.not_on_leaderboard:
@@ -40,6 +42,8 @@ def status(
 ) -> None:
     """Per zoo entry: ingested, out of date, not ingested, or checkpoint missing."""
     with one_line_errors():
+        from filterdb.ingest.zoo_selection import leaderboard_status
+
         frame = leaderboard_status(
             url=database_url(context),
             dataset=dataset.value,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from rich.progress import (
     BarColumn,
@@ -16,8 +17,10 @@ from rich.progress import (
 )
 
 from filterdb.cli.output import err_console
-from filterdb.ingest.pipeline import IngestEvent, ProgressCallback
-from filterdb.metrics.cache import ComputeProgress
+
+if TYPE_CHECKING:
+    from filterdb.ingest.pipeline import IngestEvent, ProgressCallback
+    from filterdb.metrics.cache import ComputeProgress
 
 
 @contextmanager

@@ -18,8 +18,6 @@ from filterdb.cli.output import (
     print_frame,
 )
 from filterdb.cli.progress import compute_progress
-from filterdb.reports.compare import compare_models
-from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 
 app = typer.Typer()
 report_app = typer.Typer(
@@ -49,6 +47,8 @@ def robust_vs_normal(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Robust vs normal models per metric and depth bin: tests, box plots, drift, HTML."""
+    from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
+
     with one_line_errors(), compute_progress(quiet=quiet) as on_progress:
         result = write_robust_vs_normal_report(
             url=database_url(context),
@@ -94,6 +94,8 @@ def compare(
     output: OutputOption = None,
 ) -> None:
     """Two models side by side: per depth bin (with A - B) or layer by layer."""
+    from filterdb.reports.compare import compare_models
+
     with one_line_errors():
         comparison = compare_models(model_a, model_b, url=database_url(context), out_dir=out)
         if per is CompareTable.bin:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from filterdb.cli.main import app
+from filterdb.demo import QUICK_EPOCHS
 from filterdb.demo import model as demo_model
 from filterdb.demo import run as demo
 from filterdb.demo import training as demo_training
@@ -194,7 +195,7 @@ def test_rerun_reuses_and_skips_then_other_settings_replace(quick_demo, tmp_path
     url, out = f"duckdb:///{tmp_path / 'demo.duckdb'}", tmp_path / "out"
     before = inventory.layer_metrics(url=url).sort("layer_id")
 
-    again = demo.run_demo(url=url, out_dir=out, epochs=demo.QUICK_EPOCHS)
+    again = demo.run_demo(url=url, out_dir=out, epochs=QUICK_EPOCHS)
     assert not again.trained
     assert (again.normal.ingest_status, again.robust.ingest_status) == ("skipped", "skipped")
     assert inventory.layer_metrics(url=url).sort("layer_id").equals(before)

@@ -25,6 +25,7 @@ import polars as pl
 import sqlalchemy as sa
 import torch
 
+from filterdb.demo import DEFAULT_EPOCHS
 from filterdb.demo.model import load_digits_split
 from filterdb.demo.training import TrainingSettings, evaluate, train_digits_cnn
 from filterdb.files import output_directory
@@ -41,11 +42,6 @@ TRAINING_DATASET = "digits"
 ARCHITECTURE = "DigitsCNN"
 NORMAL_MODEL = "digits-normal"
 ROBUST_MODEL = "digits-pgd"
-# 30 epochs: PGD-20 accuracy 83-89% for the PGD model vs 24-46% for the normal one, clean
-# accuracy 97-99% for both (seeds 0-3; the whole demo took 40 s on a busy 2-core machine).
-DEFAULT_EPOCHS = 30
-# Every step runs in seconds (what CI runs); the models stay near chance accuracy.
-QUICK_EPOCHS = 2
 MANIFEST = "demo.json"
 
 

@@ -14,14 +14,13 @@ import polars as pl
 import sqlalchemy as sa
 
 from filterdb.errors import CheckpointMissing, SourceError
+from filterdb.ingest import DEFAULT_MODEL_DIR
 from filterdb.ingest.sources import robustbench as zoo_source
 from filterdb.ingest.sources.base import Candidate, files_sha256
 from filterdb.ingest.sources.leaderboard import LeaderboardEntry, read_entry
 from filterdb.warehouse import schema
 from filterdb.warehouse.database import engine_for, read_frame
 from filterdb.warehouse.migrate import require_head
-
-DEFAULT_MODEL_DIR = Path("models")  # robustbench's own default
 
 
 @dataclass

@@ -2,20 +2,21 @@
 
 A cached value is keyed by (layer, metric, parameters, metric version). A layer's values
 are stale when its metric version was bumped; a re-ingested model has new layer ids, so
-nothing cached for its old layers applies (and :func:`filterdb.warehouse.write.delete_model` removes
-it). Work streams layer by layer and is written model by model, each in one short
-transaction, so memory stays bounded and DuckDB's single writer is held briefly.
+nothing cached for its old layers applies (and
+:func:`filterdb.warehouse.write.delete_model` removes it). Work streams layer by layer and
+is written model by model, each in one short transaction, so memory stays bounded and
+DuckDB's single writer is held briefly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
 import sqlalchemy as sa
-import torch
 from sqlalchemy.engine import Connection, Engine
 
 from filterdb.device import resolve_device
@@ -30,6 +31,9 @@ from filterdb.warehouse.inventory import require_models
 from filterdb.warehouse.migrate import require_head
 from filterdb.warehouse.read import iter_layer_filters
 from filterdb.warehouse.write import utc_now
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)

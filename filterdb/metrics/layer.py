@@ -23,17 +23,19 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-import torch
 
 from filterdb.errors import MetricError
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS, METRICS
 
+if TYPE_CHECKING:  # torch loads with the first layer measured, not with this module
+    import torch
+
 # A numpy array or a torch tensor: the sparse rule and the scaling are written with
 # operators both support, so that the metrics (torch) and PCA (numpy) share them.
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 
 # Logistic fit of the variance entropy of m random filters (SPEC section 5).
 _H_MAX_L = 1.2618047
@@ -96,6 +98,8 @@ def layer_metrics(
     ValueError
         ``weight`` is not a non-empty (C_out, C_in / groups, 3, 3) array.
     """
+    import torch
+
     kernels = _kernels_float64(weight, device)
     filters = kernels.reshape(-1, 9)
     peaks = filters.abs().amax(dim=1)
@@ -230,6 +234,8 @@ def orthogonality(kernels: torch.Tensor) -> float | None:
     orthogonality = 1 - sum |G - I| / (C_out (C_out - 1)); None when C_out < 2. As in the
     paper's formula, a zero row contributes |0 - 1| = 1 from the diagonal (SPEC section 5).
     """
+    import torch
+
     n_out = kernels.shape[0]
     if n_out < 2:
         return None
@@ -245,6 +251,8 @@ def orthogonality(kernels: torch.Tensor) -> float | None:
 
 def _kernels_float64(weight: np.ndarray | torch.Tensor, device: str | torch.device) -> torch.Tensor:
     """The weight as a contiguous float64 (C_out, C_in / groups * 9) tensor on ``device``."""
+    import torch
+
     if isinstance(weight, np.ndarray):
         # A fresh copy: torch.from_numpy refuses negative strides (even on a length-1 axis
         # of a "contiguous" array) and warns on read-only arrays.
