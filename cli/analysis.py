@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -11,23 +10,13 @@ import polars as pl
 import typer
 
 from filterdb.analysis.groups import GROUPING_COLUMNS
-from filterdb.cli.options import database_url
+from filterdb.cli.options import FormatOption, database_url
 from filterdb.cli.output import OutputFormat, emit_frame, err_console, one_line_errors
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
 
 app = typer.Typer()
 
 
-class ResultFormat(StrEnum):
-    table = "table"
-    csv = "csv"
-    json = "json"
-
-
-FormatOption = Annotated[
-    ResultFormat,
-    typer.Option("--format", help="table (rounded) for people; csv or json (full precision)."),
-]
 OutDirOption = Annotated[
     Path | None, typer.Option("--out", help="Also write CSV, JSON and PNG files into DIR.")
 ]
@@ -47,7 +36,7 @@ def pca(
         ),
     ],
     eps: EpsOption = DEFAULT_SPARSITY_EPS,
-    fmt: FormatOption = ResultFormat.table,
+    fmt: FormatOption = OutputFormat.table,
     out: OutDirOption = None,
 ) -> None:
     """PCA eigen-filters of a group: components, explained variance, cumulative ratio."""
@@ -67,7 +56,7 @@ def drift(
     context: typer.Context,
     by: Annotated[str, typer.Option("--by", help=" | ".join(GROUPING_COLUMNS))],
     eps: EpsOption = DEFAULT_SPARSITY_EPS,
-    fmt: FormatOption = ResultFormat.table,
+    fmt: FormatOption = OutputFormat.table,
     out: OutDirOption = None,
 ) -> None:
     """KL drift between every two groups, on one basis fitted on their union."""
@@ -79,7 +68,7 @@ def drift(
         result = analysis.drift(url=database_url(context), by=by, eps=eps)
         written = pca_drift_files.write_drift(result, out, title=title) if out else []
     frame = analysis.drift_frame(result)
-    if fmt is ResultFormat.table:  # people also want each group's size
+    if fmt is OutputFormat.table:  # people also want each group's size
         frame = frame.insert_column(1, pl.Series("n_filters", result.n_filters))
     _emit(frame, analysis.drift_json(result), fmt, title=title)
     if result.skipped:
@@ -87,12 +76,12 @@ def drift(
     _report_written(written)
 
 
-def _emit(frame: pl.DataFrame, document: str, fmt: ResultFormat, *, title: str) -> None:
+def _emit(frame: pl.DataFrame, document: str, fmt: OutputFormat, *, title: str) -> None:
     """Table or CSV of ``frame`` (what the .csv file holds), or the JSON ``document``."""
-    if fmt is ResultFormat.json:
+    if fmt is OutputFormat.json:
         sys.stdout.write(document + "\n")
     else:
-        emit_frame(frame, OutputFormat(fmt.value), None, title=title)
+        emit_frame(frame, fmt, None, title=title)
 
 
 def _report_written(paths: list[Path]) -> None:
