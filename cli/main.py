@@ -1,7 +1,8 @@
 """The ``filterdb`` command line: parses arguments, calls one library function, prints.
 
 Every command here is a thin layer over a function in :mod:`filterdb`; nothing is computed
-in this package.
+in this package. Commands import the library modules they call inside their bodies, so that
+``--help`` and the light commands start fast (``tests/test_startup.py``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,8 @@ from filterdb.cli.output import (
     print_frame,
 )
 from filterdb.cli.progress import compute_progress
-from filterdb.metrics import cache
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS, METRICS
-from filterdb.warehouse import check as consistency
-from filterdb.warehouse import inventory, migrate
 from filterdb.warehouse.database import URL_ENVIRONMENT_VARIABLE
-from filterdb.warehouse.query import run_query
 
 app = typer.Typer(
     help="A data warehouse of trained 3x3 convolution filters.",
@@ -63,6 +60,8 @@ def main_options(
 @app.command()
 def init(context: typer.Context) -> None:
     """Create the database, or upgrade it to the newest schema."""
+    from filterdb.warehouse import migrate
+
     with one_line_errors():
         revision = migrate.upgrade(url=database_url(context))
     console.print(f"database at revision {revision} (head)")
@@ -74,6 +73,8 @@ def db_upgrade(
     revision: Annotated[str, typer.Argument(help="Target revision.")] = "head",
 ) -> None:
     """Upgrade the schema to REVISION (default: head)."""
+    from filterdb.warehouse import migrate
+
     with one_line_errors():
         reached = migrate.upgrade(revision, url=database_url(context))
     console.print(f"database at revision {reached}")
@@ -85,6 +86,8 @@ def db_downgrade(
     revision: Annotated[str, typer.Argument(help="Target revision; 'base' removes all.")],
 ) -> None:
     """Downgrade the schema to REVISION ('base' drops every filterdb table and view)."""
+    from filterdb.warehouse import migrate
+
     with one_line_errors():
         reached = migrate.downgrade(revision, url=database_url(context))
     console.print(f"database at revision {reached or 'base'}")
@@ -93,6 +96,8 @@ def db_downgrade(
 @db_app.command("current")
 def db_current(context: typer.Context) -> None:
     """Print the database's schema revision."""
+    from filterdb.warehouse import migrate
+
     with one_line_errors():
         revision = migrate.current_revision(url=database_url(context))
     head = migrate.head_revision()
@@ -105,6 +110,8 @@ def db_current(context: typer.Context) -> None:
 @db_app.command("history")
 def db_history() -> None:
     """List the schema revisions, newest first."""
+    from filterdb.warehouse import migrate
+
     for revision in migrate.history():
         marker = " (head)" if revision.is_head else ""
         console.print(f"{revision.down_revision or 'base'} -> {revision.revision}{marker}")
@@ -114,6 +121,8 @@ def db_history() -> None:
 @app.command()
 def models(context: typer.Context) -> None:
     """List the stored models with their training, accuracies and counts."""
+    from filterdb.warehouse import inventory
+
     with one_line_errors():
         frame = inventory.models(url=database_url(context))
     summary = frame.select(inventory.MODEL_SUMMARY_COLUMNS)
@@ -123,6 +132,8 @@ def models(context: typer.Context) -> None:
 @app.command()
 def check(context: typer.Context) -> None:
     """Verify the warehouse: filter counts, orphan rows, models without layers."""
+    from filterdb.warehouse import check as consistency
+
     with one_line_errors():
         problems = consistency.check(url=database_url(context))
     for problem in problems:
@@ -139,6 +150,8 @@ def layers(
     model: Annotated[str, typer.Argument(help="Model name, as `filterdb models` lists it.")],
 ) -> None:
     """List a model's stored 3x3 layers with depth, channels and cached metrics."""
+    from filterdb.warehouse import inventory
+
     with one_line_errors():
         frame = inventory.layer_metrics(url=database_url(context), model=model)
     cached = [c for c in METRICS if frame[c].is_not_null().any()]
@@ -163,6 +176,8 @@ def metrics(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Compute and cache the metrics of every layer that lacks them (or is stale)."""
+    from filterdb.metrics import cache
+
     with one_line_errors(), compute_progress(quiet=quiet) as on_progress:
         result = cache.compute_metrics(
             url=database_url(context),
@@ -191,6 +206,8 @@ def depth_profile(
     output: OutputOption = None,
 ) -> None:
     """Each metric per model and depth bin (first layer, then deciles of depth)."""
+    from filterdb.metrics import cache
+
     with one_line_errors():
         frame = cache.depth_profile(url=database_url(context), models=model)
         emit_frame(frame, fmt, output, title="depth profile")
@@ -207,6 +224,8 @@ def query(
     ] = False,
 ) -> None:
     """Run ad-hoc SQL, read-only unless --write (see the views in the README)."""
+    from filterdb.warehouse.query import run_query
+
     with one_line_errors():
         frame = run_query(sql, url=database_url(context), write=write)
         emit_frame(frame, fmt, output)
