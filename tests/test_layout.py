@@ -81,6 +81,7 @@ def test_the_wheel_installs_only_the_filterdb_package(tmp_path):
         "filterdb/cli/main.py",
         "filterdb/migrations/env.py",
         "filterdb/migrations/script.py.mako",
+        "filterdb/ingest/sources/robustbench_index.json",
         "filterdb/migrations/versions/0001_warehouse.py",
     ):
         assert needed in names

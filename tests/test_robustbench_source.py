@@ -17,6 +17,7 @@ import torch
 
 from filterdb.errors import CheckpointMissing, SourceError
 from filterdb.ingest.sources import robustbench as zoo
+from filterdb.ingest.sources import robustbench_index
 from filterdb.ingest.sources.leaderboard import read_entry
 from filterdb.ingest.sources.robustbench_compat import import_robustbench
 
@@ -76,18 +77,24 @@ def carmon_dir(tmp_path_factory) -> tuple[Path, dict[str, torch.Tensor]]:
 
 
 def test_zoo_entries_come_from_the_installed_zoo():
-    linf = zoo.zoo_entries("cifar10", "Linf")
+    linf = robustbench_index.zoo_entries("cifar10", "Linf")
     assert {"Carmon2019Unlabeled", "Standard", "Chen2020Adversarial"} <= set(linf)
-    assert "Hendrycks2020AugMix_WRN" in zoo.zoo_entries("cifar10", "corruptions")
+    assert "Hendrycks2020AugMix_WRN" in robustbench_index.zoo_entries("cifar10", "corruptions")
     with pytest.raises(SourceError, match="cifar100/Linf"):
-        zoo.zoo_entries("cifar100", "L2")
+        robustbench_index.zoo_entries("cifar100", "L2")
+
+
+def test_the_zoo_index_is_the_installed_zoo():
+    # Listing the zoo reads filterdb's index, so `leaderboard status` needs no torch; the
+    # index must say what the installed robustbench says (regenerate it when it differs).
+    assert robustbench_index.zoo_index() == robustbench_index.zoo_index_from_robustbench()
 
 
 def test_checkpoint_paths_follow_the_cache_layout(tmp_path):
-    assert zoo.checkpoint_paths(
+    assert robustbench_index.checkpoint_paths(
         "Carmon2019Unlabeled", dataset="cifar10", threat_model="Linf", model_dir=tmp_path
     ) == [cache_path(tmp_path, *CARMON)]
-    chen = zoo.checkpoint_paths(
+    chen = robustbench_index.checkpoint_paths(
         "Chen2020Adversarial", dataset="cifar10", threat_model="Linf", model_dir=tmp_path
     )
     directory = tmp_path / "cifar10" / "Linf"
@@ -120,7 +127,7 @@ def test_zoo_model_loads_bit_identical_without_sub_block1(carmon_dir, shared_dat
     assert info.name == "cifar10/Linf/Carmon2019Unlabeled"
     assert (info.source, info.producer) == ("robustbench", "robustbench 1.1.1")
     assert info.source_uri == str(path)
-    identity = zoo.checkpoint_paths(
+    identity = robustbench_index.checkpoint_paths(
         CARMON[2], dataset=CARMON[0], threat_model=CARMON[1], model_dir=model_dir
     )
     assert identity == [path]
@@ -177,7 +184,7 @@ def test_ensemble_members_are_prefixed(tmp_path):
     for conv in source.convs:
         assert torch.equal(bits(conv.weight), bits(expected[conv.name])), conv.name
     paths = [directory / f"Chen2020Adversarial.pt_m{i}.pt" for i in range(3)]
-    identity = zoo.checkpoint_paths(
+    identity = robustbench_index.checkpoint_paths(
         CHEN[2], dataset=CHEN[0], threat_model=CHEN[1], model_dir=tmp_path
     )
     assert identity == paths
@@ -325,7 +332,7 @@ from filterdb.errors import SourceError
 from filterdb.ingest.sources import leaderboard, robustbench
 print(leaderboard.parse_eps("8/255")[0])
 try:
-    robustbench.zoo_entries("cifar10", "Linf")
+    robustbench.build_zoo_architecture("Standard", dataset="cifar10", threat_model="Linf")
 except SourceError as error:
     print("SourceError:", error)
 """

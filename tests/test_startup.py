@@ -81,6 +81,7 @@ def small_db(tmp_path_factory) -> str:
         ["check"],
         ["depth-profile"],
         ["layers", "absent-model"],  # a one-line error, still without torch
+        ["leaderboard", "status", "--dataset", "cifar10"],
     ],
     ids=" ".join,
 )

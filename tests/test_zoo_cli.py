@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from filterdb.cli.main import app
 from filterdb.ingest.sources import robustbench as zoo
+from filterdb.ingest.sources import robustbench_index
 from filterdb.warehouse import check
 from filterdb.warehouse.database import engine_for, read_frame
 
@@ -101,7 +102,7 @@ def test_all_lists_missing_checkpoints_and_stores_the_rest(duckdb_url, model_dir
     assert result.exit_code == 1
     assert f"{dataset}/{threat}/{name}: ingested" in result.output
     missing = [line for line in result.output.splitlines() if line.startswith("missing: ")]
-    assert len(missing) == len(zoo.zoo_entries(dataset, threat)) - 1
+    assert len(missing) == len(robustbench_index.zoo_entries(dataset, threat)) - 1
     assert str(model_dir / dataset / threat / "Carmon2019Unlabeled.pt") in result.output
 
     status = invoke(

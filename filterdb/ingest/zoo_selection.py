@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from filterdb.errors import CheckpointMissing, SourceError
 from filterdb.ingest import DEFAULT_MODEL_DIR
-from filterdb.ingest.sources import robustbench as zoo_source
+from filterdb.ingest.sources import robustbench_index as zoo_index
 from filterdb.ingest.sources.base import Candidate, files_sha256
 from filterdb.ingest.sources.leaderboard import LeaderboardEntry, read_entry
 from filterdb.warehouse import schema
@@ -45,11 +45,14 @@ def zoo_selection(
     ``names=None`` missing entries are listed in ``missing`` and skipped. ``model_info``
     (directory or URL of RobustBench's ``model_info`` tree) adds leaderboard metadata.
     """
+    # robustbench (and torch) load here, not when the zoo is only listed.
+    from filterdb.ingest.sources import robustbench as zoo_source
+
     if model_info is not None:
         require_model_info(model_info)
     every = names is None
     candidates, missing = [], []
-    for name in zoo_source.zoo_entries(dataset, threat_model) if every else names:
+    for name in zoo_index.zoo_entries(dataset, threat_model) if every else names:
         entry = _leaderboard_entry(model_info, dataset, threat_model, name)
         try:
             candidates.append(
@@ -88,7 +91,7 @@ def sync_leaderboard(*, url: str | None = None, model_info: str | Path) -> SyncR
         with engine.connect() as connection:
             stored = connection.execute(
                 sa.select(schema.model.c.model_id, schema.model.c.name).where(
-                    schema.model.c.source == zoo_source.SOURCE
+                    schema.model.c.source == zoo_index.SOURCE
                 )
             ).all()
         # Read every file first (perhaps over the network), then write in one short
@@ -133,13 +136,13 @@ def leaderboard_status(
             stored = read_frame(
                 connection,
                 "SELECT name, checkpoint_sha256 FROM model WHERE source = :source",
-                {"source": zoo_source.SOURCE},
+                {"source": zoo_index.SOURCE},
             )
     stored_sha256 = dict(zip(stored["name"], stored["checkpoint_sha256"], strict=True))
     rows = []
-    for name in zoo_source.zoo_entries(dataset, threat_model):
-        model_name = zoo_source.zoo_model_name(name, dataset=dataset, threat_model=threat_model)
-        paths = zoo_source.checkpoint_paths(
+    for name in zoo_index.zoo_entries(dataset, threat_model):
+        model_name = zoo_index.zoo_model_name(name, dataset=dataset, threat_model=threat_model)
+        paths = zoo_index.checkpoint_paths(
             name, dataset=dataset, threat_model=threat_model, model_dir=model_dir
         )
         present = all(path.is_file() for path in paths)

@@ -12,11 +12,13 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from filterdb.errors import SourceError
 from filterdb.warehouse.records import ModelInfo
+
+if TYPE_CHECKING:  # listing and hashing models needs no torch
+    import torch
 
 
 @dataclass
@@ -96,6 +98,8 @@ def load_tensors(path: Path) -> object:
     Raises a one-line :class:`SourceError` naming the cause: an HTML page (a failed
     download), a pickle that would run code, a corrupt or truncated file.
     """
+    import torch
+
     if looks_like_html(path):
         raise SourceError(
             f"{path} is an HTML page, not a checkpoint (failed download?); delete it and "

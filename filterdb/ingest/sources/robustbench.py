@@ -22,10 +22,10 @@ from filterdb.errors import CheckpointMissing, SourceError
 from filterdb.ingest.sources.base import Candidate, ModelSource, load_tensors
 from filterdb.ingest.sources.leaderboard import LeaderboardEntry, training_type_of
 from filterdb.ingest.sources.robustbench_compat import import_robustbench
+from filterdb.ingest.sources.robustbench_index import SOURCE, checkpoint_paths, zoo_model_name
 from filterdb.ingest.sources.torch_graph import trace_convs
 from filterdb.warehouse.records import ModelInfo, TrainingInfo
 
-SOURCE = "robustbench"
 PRODUCER = "robustbench 1.1.1"
 # Where robustbench loads each ensemble file <name>.pt_m<i>.pt (robustbench/utils.py
 # load_model); any other ensemble keeps its members in `models`. Bai2023Improving's third
@@ -47,39 +47,6 @@ ZOO_ENTRY_MODULES = (
     "robustbench.model_zoo.cifar100",
     "robustbench.model_zoo.imagenet",
 )
-
-
-def zoo_entries(dataset: str, threat_model: str) -> list[str]:
-    """Names of the zoo entries for ``dataset`` and ``threat_model``, in the zoo's order.
-
-    ``dataset`` is ``cifar10``, ``cifar100`` or ``imagenet``; ``threat_model`` is ``Linf``,
-    ``L2`` or ``corruptions`` (not every pair exists). Raises :class:`SourceError` for an
-    unknown pair or when robustbench is missing.
-    """
-    return list(_zoo_table(dataset, threat_model))
-
-
-def zoo_model_name(name: str, *, dataset: str, threat_model: str) -> str:
-    """The stored model name of a zoo entry: ``<dataset>/<threat_model>/<name>``.
-
-    Entry names repeat across datasets (``Standard``, ``Bai2024MixedNUTS``), model names
-    in the database are unique (SPEC section 4).
-    """
-    return f"{dataset}/{threat_model}/{name}"
-
-
-def checkpoint_paths(name: str, *, dataset: str, threat_model: str, model_dir: Path) -> list[Path]:
-    """Where robustbench's cache layout keeps the checkpoint file(s) of a zoo entry.
-
-    ``<model_dir>/<dataset>/<threat_model>/<name>.pt``; an ensemble (its ``gdrive_id`` is a
-    list) has one file per member, ``<name>.pt_m0.pt``, ``<name>.pt_m1.pt``, ...
-    Raises :class:`SourceError` for a name not in the zoo.
-    """
-    spec = _zoo_spec(name, dataset=dataset, threat_model=threat_model)
-    base = Path(model_dir) / dataset / threat_model / f"{name}.pt"
-    if _is_ensemble(spec):
-        return [base.with_name(f"{base.name}_m{i}.pt") for i in range(len(spec["gdrive_id"]))]
-    return [base]
 
 
 def build_zoo_architecture(name: str, *, dataset: str, threat_model: str) -> nn.Module:
@@ -228,7 +195,7 @@ def _zoo_spec(name: str, *, dataset: str, threat_model: str) -> dict:
         hint = f"did you mean {close[0]}? " if close else ""
         raise SourceError(
             f"{name} is not a robustbench {dataset}/{threat_model} zoo entry; {hint}see the names "
-            "with filterdb.ingest.sources.robustbench.zoo_entries"
+            "with filterdb.ingest.sources.robustbench_index.zoo_entries"
             f"({dataset!r}, {threat_model!r})"
         )
     return table[name]
