@@ -10,7 +10,6 @@ robustbench sees it. robustbench is imported through
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
@@ -22,7 +21,12 @@ from filterdb.errors import CheckpointMissing, SourceError
 from filterdb.ingest.sources.base import Candidate, ModelSource, load_tensors
 from filterdb.ingest.sources.leaderboard import LeaderboardEntry, training_type_of
 from filterdb.ingest.sources.robustbench_compat import import_robustbench
-from filterdb.ingest.sources.robustbench_index import SOURCE, checkpoint_paths, zoo_model_name
+from filterdb.ingest.sources.robustbench_index import (
+    SOURCE,
+    checkpoint_paths,
+    require_entry,
+    zoo_model_name,
+)
 from filterdb.ingest.sources.torch_graph import trace_convs
 from filterdb.warehouse.records import ModelInfo, TrainingInfo
 
@@ -189,16 +193,8 @@ def _zoo_table(dataset: str, threat_model: str) -> Mapping[str, dict]:
 
 
 def _zoo_spec(name: str, *, dataset: str, threat_model: str) -> dict:
-    table = _zoo_table(dataset, threat_model)
-    if name not in table:
-        close = difflib.get_close_matches(name, list(table), n=1)
-        hint = f"did you mean {close[0]}? " if close else ""
-        raise SourceError(
-            f"{name} is not a robustbench {dataset}/{threat_model} zoo entry; {hint}see the names "
-            "with filterdb.ingest.sources.robustbench_index.zoo_entries"
-            f"({dataset!r}, {threat_model!r})"
-        )
-    return table[name]
+    require_entry(name, dataset=dataset, threat_model=threat_model)
+    return _zoo_table(dataset, threat_model)[name]
 
 
 def _is_ensemble(spec: dict) -> bool:

@@ -58,6 +58,16 @@ def checkpoint_paths(name: str, *, dataset: str, threat_model: str, model_dir: P
     (robustbench/utils.py ``load_model``). Raises :class:`SourceError` for a name not in
     the zoo.
     """
+    require_entry(name, dataset=dataset, threat_model=threat_model)
+    entries = _entries(dataset, threat_model)
+    base = Path(model_dir) / dataset / threat_model / f"{name}.pt"
+    if entries[name] > 1:
+        return [base.with_name(f"{base.name}_m{i}.pt") for i in range(entries[name])]
+    return [base]
+
+
+def require_entry(name: str, *, dataset: str, threat_model: str) -> None:
+    """Raise a one-line :class:`SourceError`, with the closest name, for a name not in the zoo."""
     entries = _entries(dataset, threat_model)
     if name not in entries:
         close = difflib.get_close_matches(name, list(entries), n=1)
@@ -67,10 +77,6 @@ def checkpoint_paths(name: str, *, dataset: str, threat_model: str, model_dir: P
             "with filterdb.ingest.sources.robustbench_index.zoo_entries"
             f"({dataset!r}, {threat_model!r})"
         )
-    base = Path(model_dir) / dataset / threat_model / f"{name}.pt"
-    if entries[name] > 1:
-        return [base.with_name(f"{base.name}_m{i}.pt") for i in range(entries[name])]
-    return [base]
 
 
 def zoo_index_from_robustbench() -> dict[str, dict[str, dict[str, int]]]:
