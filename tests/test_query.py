@@ -482,3 +482,63 @@ def test_postgres_login_with_server_file_rights_is_refused(seeded_postgres_url, 
     with pytest.raises(QueryRefused) as refused:
         run_query("SELECT 1", url=analyst_url)
     assert "pg_read_server_files" in assert_one_line(refused)
+
+
+# --- Limits: result size, DuckDB memory, the CLI's options -------------------------------
+
+
+def test_results_over_the_row_limit_are_refused_in_one_line(seeded_url):
+    sql = "SELECT i FROM generate_series(1, 50) AS t(i)"
+    assert run_query(sql, url=seeded_url, max_rows=50).height == 50
+    with pytest.raises(QueryFailed) as failed:
+        run_query(sql, url=seeded_url, max_rows=49)
+    message = assert_one_line(failed)
+    assert "more than 49 rows" in message and "--max-rows" in message
+
+
+def test_results_over_the_byte_limit_are_refused_in_one_line(seeded_url):
+    sql = "SELECT repeat('x', 1000) AS s FROM generate_series(1, 100) AS t(i)"
+    assert run_query(sql, url=seeded_url, max_bytes=1_000_000).height == 100
+    with pytest.raises(QueryFailed) as failed:
+        run_query(sql, url=seeded_url, max_bytes=50_000)
+    assert "--max-bytes" in assert_one_line(failed)
+
+
+def test_a_write_result_is_limited_too(seeded_url):
+    with pytest.raises(QueryFailed, match="more than 1 rows"):
+        run_query("SELECT name FROM model", url=seeded_url, write=True, max_rows=1)
+
+
+def test_duckdb_memory_limit_fails_the_query_instead_of_spilling(seeded_duckdb_url):
+    path = Path(sa.make_url(seeded_duckdb_url).database)
+    sort = "SELECT count(*) FROM (SELECT md5(i::VARCHAR) s FROM range(3000000) t(i) ORDER BY s)"
+    with pytest.raises(QueryFailed) as failed:
+        run_query(sort, url=seeded_duckdb_url, memory_limit="60MB")
+    message = assert_one_line(failed)
+    assert "Out of Memory" in message and "--memory-limit" in message
+    spill = path.with_name(path.name + ".tmp")
+    assert not spill.exists() or not any(spill.iterdir())
+    # Control: the same query fits in the default limit (and in 60MB when it may spill).
+    assert run_query(sort, url=seeded_duckdb_url).item() == 3000000
+
+
+def test_cli_query_takes_the_limits(seeded_duckdb_url):
+    from typer.testing import CliRunner
+
+    from filterdb.cli.main import app
+
+    runner = CliRunner()
+    base = ["--db", seeded_duckdb_url, "query"]
+    result = runner.invoke(app, [*base, "SELECT * FROM range(10)", "--max-rows", "5"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: the result has more than 5 rows; add a LIMIT or a WHERE, or raise --max-rows"
+    ]
+    result = runner.invoke(app, [*base, LONG_QUERIES["duckdb"], "--timeout", "0.5"])
+    assert result.exit_code == 1
+    assert "cancelled after 0.5 s" in result.output
+    result = runner.invoke(app, [*base, "SELEC 1"])
+    assert result.exit_code == 1 and "syntax error" in result.output
+    assert "--write" not in result.output
+    ok = runner.invoke(app, [*base, "SELECT 41 + 1 AS x", "--format", "csv", "--max-rows", "1"])
+    assert ok.exit_code == 0 and ok.output.split() == ["x", "42"]

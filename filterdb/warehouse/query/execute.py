@@ -149,6 +149,12 @@ def _run_duckdb(
         return pl.DataFrame() if result is None else _frame_from_arrow(result, limits)
     except duckdb.InterruptException:
         raise QueryFailed(_timeout_message(timeout_s)) from None
+    except duckdb.OutOfMemoryException as error:
+        first = str(error).strip().splitlines()[0]
+        raise QueryFailed(
+            f"{first} (read-only queries do not spill to disk); narrow the query, or raise "
+            "--memory-limit"
+        ) from None
     except duckdb.Error as error:
         raise QueryFailed(_one_line(error)) from None
     finally:
@@ -159,10 +165,14 @@ def _frame_from_arrow(result: duckdb.DuckDBPyRelation, limits: _Limits) -> pl.Da
     """Fetch in batches and stop at a limit, before a huge result is in memory."""
     reader = result.to_arrow_reader(_BATCH_ROWS)
     batches, n_rows, n_bytes = [], 0, 0
-    for batch in reader:
-        n_rows, n_bytes = n_rows + batch.num_rows, n_bytes + batch.nbytes
-        limits.check(n_rows, n_bytes)
-        batches.append(batch)
+    try:
+        for batch in reader:
+            n_rows, n_bytes = n_rows + batch.num_rows, n_bytes + batch.nbytes
+            limits.check(n_rows, n_bytes)
+            batches.append(batch)
+    finally:
+        # A result left open blocks the connection ("Resource In Use", PLATFORM.md).
+        reader.close()
     table = pa.Table.from_batches(batches, schema=reader.schema)
     return pl.from_arrow(table.rename_columns(_unique_names(table.column_names)))
 
