@@ -289,3 +289,26 @@ def test_model_info_url_that_answers_badly_is_one_line(stored_url, tmp_path, hos
     )
     assert_one_line_error(result, expected[mode], "--model-info" if mode == "404" else "")
     assert table_rows(stored_url) == before
+
+
+def test_all_entries_without_a_leaderboard_file_are_named(tmp_path):
+    from filterdb.ingest.zoo_selection import zoo_selection
+
+    handler = type("Handler", (_Hostile,), {"mode": "404"})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    try:
+        selection = zoo_selection(
+            dataset="cifar10",
+            threat_model="L2",
+            names=None,
+            model_dir=tmp_path,
+            model_info=f"http://127.0.0.1:{server.server_address[1]}/model_info",
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert selection.candidates == []  # no checkpoint in tmp_path
+    assert "Standard" in selection.not_on_leaderboard
+    assert len(selection.not_on_leaderboard) == len(selection.missing)
