@@ -276,6 +276,10 @@ def robustbench(
             model_dir=model_dir,
             model_info=model_info,
         )
+    for name in selection.not_on_leaderboard:
+        err_console.print(
+            f"note: {name} has no leaderboard file under {model_info}; stored without"
+        )
     run_ingest(
         context,
         selection.candidates,

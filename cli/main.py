@@ -24,7 +24,12 @@ from filterdb.cli.output import (
 )
 from filterdb.cli.progress import compute_progress
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS, METRICS
-from filterdb.warehouse.database import URL_ENVIRONMENT_VARIABLE
+from filterdb.warehouse.database import DUCKDB_MEMORY_LIMIT, URL_ENVIRONMENT_VARIABLE
+from filterdb.warehouse.query.execute import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_ROWS,
+    DEFAULT_TIMEOUT_S,
+)
 
 app = typer.Typer(
     help="A data warehouse of trained 3x3 convolution filters.",
@@ -222,12 +227,37 @@ def query(
     write: Annotated[
         bool, typer.Option("--write", help="Allow statements that change the database.")
     ] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", help="Cancel the query after this many seconds.")
+    ] = DEFAULT_TIMEOUT_S,
+    memory_limit: Annotated[
+        str | None,
+        typer.Option(
+            "--memory-limit",
+            help="DuckDB only: memory cap such as 4GB (default "
+            f"{DUCKDB_MEMORY_LIMIT}); read-only queries never spill to disk.",
+        ),
+    ] = None,
+    max_rows: Annotated[
+        int, typer.Option("--max-rows", help="Refuse results with more rows than this.")
+    ] = DEFAULT_MAX_ROWS,
+    max_bytes: Annotated[
+        int, typer.Option("--max-bytes", help="Refuse results larger than about this.")
+    ] = DEFAULT_MAX_BYTES,
 ) -> None:
     """Run ad-hoc SQL, read-only unless --write (see the views in the README)."""
     from filterdb.warehouse.query import run_query
 
     with one_line_errors():
-        frame = run_query(sql, url=database_url(context), write=write)
+        frame = run_query(
+            sql,
+            url=database_url(context),
+            write=write,
+            timeout_s=timeout,
+            memory_limit=memory_limit,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+        )
         emit_frame(frame, fmt, output)
 
 

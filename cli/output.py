@@ -19,9 +19,19 @@ from filterdb.reports.document import markdown_table
 
 # Piped output is read by programs or saved: do not squeeze tables into 80 columns.
 PIPED_WIDTH = 200
-# No emoji codes: ":x:" in a user's path or model name must print as written.
-console = Console(width=None if sys.stdout.isatty() else PIPED_WIDTH, emoji=False)
-err_console = Console(stderr=True, width=None if sys.stderr.isatty() else PIPED_WIDTH, emoji=False)
+# Names, paths and messages are data: no emoji codes (":x:" in a model name must print as
+# written) and no markup ("x[/]" as a --name raised rich's MarkupError after the model was
+# stored: issue 9), in every output. Nothing here styles text with markup.
+console = Console(
+    width=None if sys.stdout.isatty() else PIPED_WIDTH, emoji=False, markup=False, highlight=False
+)
+err_console = Console(
+    stderr=True,
+    width=None if sys.stderr.isatty() else PIPED_WIDTH,
+    emoji=False,
+    markup=False,
+    highlight=False,
+)
 
 
 @contextmanager
@@ -48,7 +58,7 @@ def print_frame(frame: pl.DataFrame, *, title: str | None = None, empty: str = "
     if frame.height == 0:
         console.print(empty or "(no rows)")
         return
-    table = Table(title=title)
+    table = Table(title=Text(title) if title else None)
     for column in frame.columns:
         numeric = frame.schema[column].is_numeric()
         table.add_column(column, justify="right" if numeric else "left")

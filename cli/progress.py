@@ -30,7 +30,8 @@ def bars(*columns: ProgressColumn, quiet: bool) -> Iterator[Progress | None]:
         yield None
         return
     with Progress(
-        TextColumn("{task.description}"),
+        # Model names are data: "x[/]" must print as written, not as rich markup (issue 9).
+        TextColumn("{task.description}", markup=False),
         BarColumn(),
         *columns,
         TimeElapsedColumn(),
@@ -43,7 +44,7 @@ def bars(*columns: ProgressColumn, quiet: bool) -> Iterator[Progress | None]:
 @contextmanager
 def ingest_progress(total_models: int, *, quiet: bool) -> Iterator[ProgressCallback | None]:
     """Yield a callback drawing a bar per model and one overall, or ``None`` (quiet)."""
-    with bars(TextColumn("{task.fields[phase]}"), quiet=quiet) as progress:
+    with bars(TextColumn("{task.fields[phase]}", markup=False), quiet=quiet) as progress:
         if progress is None:
             yield None
             return

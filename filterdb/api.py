@@ -162,11 +162,31 @@ class FilterDB:
 
     # --- reading ----------------------------------------------------------------------------
 
-    def query(self, sql: str, *, write: bool = False) -> pl.DataFrame:
-        """Run one SQL statement; read-only unless ``write`` (:mod:`filterdb.warehouse.query`)."""
+    def query(
+        self,
+        sql: str,
+        *,
+        write: bool = False,
+        timeout_s: float = 60.0,
+        max_rows: int = 1_000_000,
+        max_bytes: int = 1_000_000_000,
+        memory_limit: str | None = None,
+    ) -> pl.DataFrame:
+        """Run one SQL statement; read-only unless ``write`` (:mod:`filterdb.warehouse.query`).
+
+        The limits are :func:`~filterdb.warehouse.query.run_query`'s.
+        """
         from filterdb.warehouse.query import run_query
 
-        return run_query(sql, url=self.url, write=write)
+        return run_query(
+            sql,
+            url=self.url,
+            write=write,
+            timeout_s=timeout_s,
+            max_rows=max_rows,
+            max_bytes=max_bytes,
+            memory_limit=memory_limit,
+        )
 
     def models(self) -> pl.DataFrame:
         """One row per stored model (``v_models``)."""

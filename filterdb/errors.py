@@ -18,6 +18,10 @@ class SourceError(FilterdbError):
     """A model source (checkpoint, ONNX file, zoo entry, leaderboard file) cannot be used."""
 
 
+class MetadataError(SourceError):
+    """Model metadata out of range: an accuracy outside [0, 100], a bad eps, a bad name."""
+
+
 class CheckpointMissing(SourceError):
     """A checkpoint is not where it should be; the message names the exact path."""
 

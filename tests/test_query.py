@@ -98,6 +98,7 @@ def assert_one_line(error: pytest.ExceptionInfo) -> str:
 
 # --- Guard 1: the statement check, no database -------------------------------------------
 
+GUARD_BACKENDS = ("postgresql", "duckdb")
 READ_STATEMENTS = [
     "SELECT 1",
     "select 1;",
@@ -111,19 +112,27 @@ READ_STATEMENTS = [
     "WITH m AS (SELECT * FROM v_models) SELECT * FROM m",
     "VALUES (1), (2)",
     "TABLE v_models",
-    "SHOW TABLES",
-    "DESCRIBE v_models",
-    "FROM v_models SELECT model_name",
     "(SELECT 1) UNION (SELECT 2)",
     "EXPLAIN SELECT 1",
-    "EXPLAIN ANALYZE VERBOSE WITH m AS (SELECT 1) SELECT * FROM m",
+    "EXPLAIN ANALYZE WITH m AS (SELECT 1) SELECT * FROM m",
     "EXPLAIN (FORMAT JSON, ANALYZE) SELECT 1",
+    "SHOW search_path",
 ]
+READ_ON = {
+    "duckdb": ["SHOW TABLES", "DESCRIBE v_models", "SUMMARIZE v_models", "FROM v_models SELECT a"],
+    "postgresql": ["SELECT 1 FROM v_models WHERE name = U&'\\0073'"],
+}
 
 
+@pytest.mark.parametrize("backend", GUARD_BACKENDS)
 @pytest.mark.parametrize("sql", READ_STATEMENTS)
-def test_statement_check_accepts_one_read_statement(sql):
-    check_read_only(sql)
+def test_statement_check_accepts_one_read_statement(sql, backend):
+    check_read_only(sql, backend=backend)
+
+
+@pytest.mark.parametrize(("backend", "sql"), [(b, q) for b, qs in READ_ON.items() for q in qs])
+def test_statement_check_accepts_the_backends_own_read_statements(backend, sql):
+    check_read_only(sql, backend=backend)
 
 
 REFUSED_STATEMENTS = {
@@ -131,37 +140,74 @@ REFUSED_STATEMENTS = {
     "create table t (a integer)": '"create table" is not a read-only statement',
     "INSERT INTO model (name) VALUES ('x')": '"INSERT INTO" is not a read-only',
     "DELETE FROM model": '"DELETE FROM" is not a read-only statement',
-    "COPY (SELECT 1) TO '/tmp/x.csv'": '"COPY" is not a read-only statement',
-    "ATTACH '/tmp/other.duckdb'": '"ATTACH" is not a read-only statement',
-    "SET ROLE postgres": '"SET ROLE" is not a read-only statement',
+    "COPY (SELECT 1) TO '/tmp/x.csv'": '"COPY (" is not a read-only statement',
     "RESET ROLE": '"RESET ROLE" is not a read-only statement',
-    "EXPLAIN ANALYZE DELETE FROM model": '"EXPLAIN ANALYZE" is not a read-only',
-    "WITH d AS (DELETE FROM model RETURNING 1) SELECT * FROM d": '"DELETE" may change',
-    "SELECT * INTO t FROM model": '"INTO" may change the database',
-    "SELECT * FROM model FOR UPDATE": '"UPDATE" may change the database',
-    "SELECT set_config('role', 'postgres', true)": "set_config() can switch",
-    "SELECT pg_catalog.\"set_config\"('role', 'postgres', true)": "set_config() can switch",
-    "SELECT query_to_xml('SELECT set_con' || 'fig(''role'', ''postgres'', true)', true, "
-    "false, '')": "query_to_xml() can switch",
-    "SELECT U&\"\\0073et_config\"('role', 'postgres', true)": 'U&"..." names are not',
+    "EXPLAIN ANALYZE DELETE FROM model": '"EXPLAIN ANALYZE',
+    "EXPLAIN /* ; */ ANALYZE DELETE FROM model": '"EXPLAIN ANALYZE',
+    "EXPLAIN DELETE FROM model": '"EXPLAIN DELETE',
+    "WITH d AS (DELETE FROM model RETURNING 1) SELECT * FROM d": "DELETE inside the query",
+    "WITH d AS (UPDATE model SET name = 'x' RETURNING 1) SELECT * FROM d": "UPDATE inside",
     "SELECT 1; SELECT 2": "2 statements given",
     "SELECT 1; -- a comment\nDELETE FROM model": "2 statements given",
     "SELECT 1 /* ; */; DROP VIEW v_models;": "2 statements given",
     "SELECT E'\\''; DROP VIEW v_models": "2 statements given",
-    "SELECT 'open": "a ' quote is never closed",
-    "SELECT $x$ open": "the $x$ quoted string is never closed",
-    "SELECT 1 /* open": "a /* comment is never closed",
     " ; -- nothing": "the query is empty",
+}
+REFUSED_ON = {
+    "postgresql": {
+        "ATTACH '/tmp/other.duckdb'": "does not parse",
+        "SET ROLE postgres": '"SET ROLE" is not a read-only statement',
+        "SELECT * INTO t FROM model": "SELECT ... INTO creates a table",
+        "SELECT * FROM model FOR UPDATE": "FOR UPDATE/SHARE",
+        "SELECT set_config('role', 'postgres', true)": "set_config() can switch",
+        "SELECT pg_catalog.\"set_config\"('role', 'postgres', true)": "set_config() can switch",
+        "SELECT * FROM set_config('role', 'postgres', true)": "set_config() can switch",
+        "SELECT query_to_xml('SELECT set_con' || 'fig(''role'', ''postgres'', true)', true, "
+        "false, '')": "query_to_xml() runs SQL",
+        "SELECT U&\"\\0073et_config\"('role', 'postgres', true)": "set_config() can switch",
+        "SELECT pg_read_file('/etc/hostname')": "pg_read_file() reads server files",
+        "SELECT lo_import('/etc/hostname')": "lo_import() reads server files",
+        "DO $$BEGIN PERFORM 1; END$$": '"DO $$BEGIN PERFORM 1; END$$" is not a read-only',
+        "EXPLAIN SHOW search_path": "does not parse",
+    },
+    "duckdb": {
+        "ATTACH '/tmp/other.duckdb'": "\"ATTACH '/tmp/other.duckdb'\" is not a read-only",
+        "PRAGMA version": '"PRAGMA version" is not a read-only',
+        "CALL pragma_version()": '"CALL pragma_version" is not a read-only',
+        "SELECT * FROM query('DELETE FROM model')": "query() runs SQL given as text",
+        "SET enable_external_access = true": '"SET enable_external_access" is not',
+    },
+}
+UNPARSABLE = {
+    "SELEC * FROM x": 'syntax error at or near "SELEC"',
+    "SELECT 'open": "unterminated",
+    "SELECT 1 /* open": "unterminated /* comment",
+    "SELECT $x$ open": "$x$ open",
 }
 
 
-@pytest.mark.parametrize(("sql", "expected"), REFUSED_STATEMENTS.items())
-def test_statement_check_refuses_in_one_line(sql, expected):
+def refused_cases():
+    for backend in GUARD_BACKENDS:
+        for sql, expected in {**REFUSED_STATEMENTS, **REFUSED_ON[backend]}.items():
+            yield pytest.param(backend, sql, expected, id=f"{backend}-{sql[:40]}")
+
+
+@pytest.mark.parametrize(("backend", "sql", "expected"), list(refused_cases()))
+def test_statement_check_refuses_in_one_line(backend, sql, expected):
     with pytest.raises(QueryRefused) as refused:
-        check_read_only(sql)
+        check_read_only(sql, backend=backend)
     message = assert_one_line(refused)
-    assert message.startswith("refused: ")
     assert expected in message
+
+
+@pytest.mark.parametrize("backend", GUARD_BACKENDS)
+@pytest.mark.parametrize(("sql", "expected"), UNPARSABLE.items())
+def test_a_statement_that_does_not_parse_is_a_parse_error_not_a_write(backend, sql, expected):
+    with pytest.raises(QueryRefused) as refused:
+        check_read_only(sql, backend=backend)
+    message = assert_one_line(refused)
+    assert "does not parse" in message and expected in message
+    assert "--write" not in message
 
 
 # Statement text that must never split a statement: quotes, comment starts, semicolons.
@@ -176,11 +222,12 @@ def test_statement_count_agrees_with_duckdbs_parser(literals, trailing_semicolon
     sql = ";\n".join(statements) + (";" if trailing_semicolon else "")
     # An independent parser: DuckDB's own, on the same text.
     assert len(DUCKDB_PARSER.extract_statements(sql)) == len(statements)
-    if len(statements) == 1:
-        check_read_only(sql)
-    else:
-        with pytest.raises(QueryRefused, match=f"{len(statements)} statements given"):
-            check_read_only(sql)
+    for backend in GUARD_BACKENDS:
+        if len(statements) == 1:
+            check_read_only(sql, backend=backend)
+        else:
+            with pytest.raises(QueryRefused, match=f"{len(statements)} statements given"):
+                check_read_only(sql, backend=backend)
 
 
 # --- Both guards: run_query on both backends ---------------------------------------------
@@ -232,9 +279,10 @@ def test_files_are_neither_written_nor_read(seeded_url, tmp_path):
     for sql in [f"COPY (SELECT 1) TO '{out_csv}'", f"ATTACH '{other_db}'"]:
         with pytest.raises(QueryRefused):
             run_query(sql, url=seeded_url)
-    # These are SELECTs: the statement check lets them by, the connection refuses them.
+    # SELECTs: DuckDB's connection refuses read_csv; PostgreSQL's check refuses pg_read_file
+    # by name (and its connection would too: the guard-2 tests below).
     for sql in [f"SELECT * FROM read_csv('{some_csv}')", "SELECT pg_read_file('/etc/hostname')"]:
-        with pytest.raises(QueryFailed) as failed:
+        with pytest.raises((QueryFailed, QueryRefused)) as failed:
             run_query(sql, url=seeded_url)
         assert "found-the-file" not in assert_one_line(failed)
     assert not out_csv.exists() and not other_db.exists()
@@ -434,3 +482,63 @@ def test_postgres_login_with_server_file_rights_is_refused(seeded_postgres_url, 
     with pytest.raises(QueryRefused) as refused:
         run_query("SELECT 1", url=analyst_url)
     assert "pg_read_server_files" in assert_one_line(refused)
+
+
+# --- Limits: result size, DuckDB memory, the CLI's options -------------------------------
+
+
+def test_results_over_the_row_limit_are_refused_in_one_line(seeded_url):
+    sql = "SELECT i FROM generate_series(1, 50) AS t(i)"
+    assert run_query(sql, url=seeded_url, max_rows=50).height == 50
+    with pytest.raises(QueryFailed) as failed:
+        run_query(sql, url=seeded_url, max_rows=49)
+    message = assert_one_line(failed)
+    assert "more than 49 rows" in message and "--max-rows" in message
+
+
+def test_results_over_the_byte_limit_are_refused_in_one_line(seeded_url):
+    sql = "SELECT repeat('x', 1000) AS s FROM generate_series(1, 100) AS t(i)"
+    assert run_query(sql, url=seeded_url, max_bytes=1_000_000).height == 100
+    with pytest.raises(QueryFailed) as failed:
+        run_query(sql, url=seeded_url, max_bytes=50_000)
+    assert "--max-bytes" in assert_one_line(failed)
+
+
+def test_a_write_result_is_limited_too(seeded_url):
+    with pytest.raises(QueryFailed, match="more than 1 rows"):
+        run_query("SELECT name FROM model", url=seeded_url, write=True, max_rows=1)
+
+
+def test_duckdb_memory_limit_fails_the_query_instead_of_spilling(seeded_duckdb_url):
+    path = Path(sa.make_url(seeded_duckdb_url).database)
+    sort = "SELECT count(*) FROM (SELECT md5(i::VARCHAR) s FROM range(3000000) t(i) ORDER BY s)"
+    with pytest.raises(QueryFailed) as failed:
+        run_query(sort, url=seeded_duckdb_url, memory_limit="60MB")
+    message = assert_one_line(failed)
+    assert "Out of Memory" in message and "--memory-limit" in message
+    spill = path.with_name(path.name + ".tmp")
+    assert not spill.exists() or not any(spill.iterdir())
+    # Control: the same query fits in the default limit (and in 60MB when it may spill).
+    assert run_query(sort, url=seeded_duckdb_url).item() == 3000000
+
+
+def test_cli_query_takes_the_limits(seeded_duckdb_url):
+    from typer.testing import CliRunner
+
+    from filterdb.cli.main import app
+
+    runner = CliRunner()
+    base = ["--db", seeded_duckdb_url, "query"]
+    result = runner.invoke(app, [*base, "SELECT * FROM range(10)", "--max-rows", "5"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "error: the result has more than 5 rows; add a LIMIT or a WHERE, or raise --max-rows"
+    ]
+    result = runner.invoke(app, [*base, LONG_QUERIES["duckdb"], "--timeout", "0.5"])
+    assert result.exit_code == 1
+    assert "cancelled after 0.5 s" in result.output
+    result = runner.invoke(app, [*base, "SELEC 1"])
+    assert result.exit_code == 1 and "syntax error" in result.output
+    assert "--write" not in result.output
+    ok = runner.invoke(app, [*base, "SELECT 41 + 1 AS x", "--format", "csv", "--max-rows", "1"])
+    assert ok.exit_code == 0 and ok.output.split() == ["x", "42"]

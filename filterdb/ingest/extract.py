@@ -40,6 +40,7 @@ def extract(
     max_conv_depth = max(ranks.values(), default=0)
     layers = []
     for conv in (c for c in source.convs if c.is_3x3):
+        _check_shape(conv)
         conv_depth = ranks[conv.graph_depth]
         filters, max_abs = _filters_on_device(conv, target, allow_nonfinite=allow_nonfinite)
         layers.append(
@@ -70,6 +71,21 @@ def extract(
         max_conv_depth=max_conv_depth,
         n_unreached_convs=source.n_unreached_convs,
     )
+
+
+def _check_shape(conv: ConvLayer) -> None:
+    """A 3x3 conv stores out_channels x in_channels / groups filters: none may be 0."""
+    out_channels, in_per_group = conv.weight.shape[:2]
+    if out_channels <= 0 or in_per_group <= 0:
+        raise SourceError(
+            f"layer {conv.name} has weight shape {tuple(conv.weight.shape)}: a conv with 0 "
+            "output or input channels holds no filters; the model file is malformed"
+        )
+    if conv.groups < 1 or out_channels % conv.groups:
+        raise SourceError(
+            f"layer {conv.name} has groups={conv.groups}, which must be at least 1 and divide "
+            f"its {out_channels} output channels; the model file is malformed"
+        )
 
 
 def _filters_on_device(

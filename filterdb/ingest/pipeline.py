@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from filterdb.errors import FilterdbError, ModelConflict
 from filterdb.ingest.extract import extract
-from filterdb.ingest.sources.base import Candidate, files_sha256
+from filterdb.ingest.sources.base import Candidate, check_weights_fit_files, files_sha256
 from filterdb.warehouse import schema
 from filterdb.warehouse.database import engine_for
 from filterdb.warehouse.migrate import require_head
@@ -98,6 +98,7 @@ def ingest(
         report(IngestEvent(candidate.name, "reading", 0.1))
         source = attempt.timed("read", candidate.read)
         source.info.checkpoint_sha256 = sha256
+        check_weights_fit_files(source, candidate.paths)
         report(IngestEvent(candidate.name, "extracting", 0.4))
         extracted = attempt.timed(
             "extract", lambda: extract(source, device=device, allow_nonfinite=allow_nonfinite)

@@ -7,7 +7,7 @@ writes leaderboard figures into stored models, and tells, per zoo entry, where i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -29,6 +29,8 @@ class ZooSelection:
 
     candidates: list[Candidate]
     missing: list[str]  # one line each: the entry and the exact path to put its file at
+    # Entries (with --all and model_info) that have no leaderboard file there.
+    not_on_leaderboard: list[str] = field(default_factory=list)
 
 
 def zoo_selection(
@@ -51,9 +53,19 @@ def zoo_selection(
     if model_info is not None:
         require_model_info(model_info)
     every = names is None
-    candidates, missing = [], []
+    candidates, missing, unlisted = [], [], []
     for name in zoo_index.zoo_entries(dataset, threat_model) if every else names:
         entry = _leaderboard_entry(model_info, dataset, threat_model, name)
+        if model_info is not None and entry is None:
+            # Asked for leaderboard data and got none (a 404, a wrong base URL): storing the
+            # model without it and without a word hid the mistake (issue 9).
+            if not every:
+                raise SourceError(
+                    f"no leaderboard file {dataset}/{threat_model}/{name}.json under "
+                    f"{model_info}; check --model-info, or leave it out to store the model "
+                    "without leaderboard figures"
+                )
+            unlisted.append(name)
         try:
             candidates.append(
                 zoo_source.zoo_candidate(
@@ -68,7 +80,7 @@ def zoo_selection(
             if not every:
                 raise
             missing.append(str(error))
-    return ZooSelection(candidates, missing)
+    return ZooSelection(candidates, missing, unlisted)
 
 
 @dataclass(frozen=True)

@@ -43,15 +43,24 @@ def backend_name(engine_or_url: Engine | Connection | str) -> str:
 
 
 def create_engine(
-    url: str | None = None, *, read_only: bool = False, create: bool = False
+    url: str | None = None,
+    *,
+    read_only: bool = False,
+    create: bool = False,
+    memory_limit: str | None = None,
 ) -> Engine:
     """Open the database named by ``url`` (see :func:`resolve_url`) and check it answers.
 
     A DuckDB file that does not exist is an error unless ``create`` (only schema
     upgrades create one: a mistyped path must not leave an empty database behind).
     ``read_only=True`` opens DuckDB read-only with file and network access disabled and
-    the configuration locked, so that a statement cannot reopen them (PLATFORM.md). On
-    PostgreSQL read-only work is a per-transaction matter (:mod:`filterdb.warehouse.query`).
+    the configuration locked, so that a statement cannot reopen them (PLATFORM.md), and
+    without spilling to disk: DuckDB's temporary directory sits beside the database file and
+    cannot be moved once file access is off, so its size is capped at 0 and a query that
+    needs more than the memory limit fails instead. ``memory_limit`` is DuckDB's
+    ``memory_limit`` (for example ``"2GB"``; default :data:`DUCKDB_MEMORY_LIMIT`); PostgreSQL
+    ignores it. On PostgreSQL read-only work is a per-transaction matter
+    (:mod:`filterdb.warehouse.query`).
 
     Raises :class:`DatabaseError` with a one-line cause and fix when the URL is malformed,
     the server unreachable, or the DuckDB file locked by another process.
@@ -65,7 +74,9 @@ def create_engine(
             "postgresql+psycopg://USER@HOST:PORT/DB"
         )
     if backend == "duckdb":
-        engine = _duckdb_engine(parsed, read_only=read_only, create=create)
+        engine = _duckdb_engine(
+            parsed, read_only=read_only, create=create, memory_limit=memory_limit
+        )
     else:
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
@@ -81,10 +92,14 @@ def create_engine(
 
 @contextmanager
 def engine_for(
-    url: str | None = None, *, read_only: bool = False, create: bool = False
+    url: str | None = None,
+    *,
+    read_only: bool = False,
+    create: bool = False,
+    memory_limit: str | None = None,
 ) -> Iterator[Engine]:
     """:func:`create_engine` as a context manager that releases the database at the end."""
-    engine = create_engine(url, read_only=read_only, create=create)
+    engine = create_engine(url, read_only=read_only, create=create, memory_limit=memory_limit)
     try:
         yield engine
     finally:
@@ -123,13 +138,22 @@ def _parse_url(url: str) -> sa.URL:
         ) from None
 
 
-def _duckdb_engine(url: sa.URL, *, read_only: bool, create: bool) -> Engine:
+def _duckdb_engine(
+    url: sa.URL, *, read_only: bool, create: bool, memory_limit: str | None
+) -> Engine:
     path = url.database or ":memory:"
     if not (create and not read_only) and path != ":memory:" and not os.path.exists(path):
         raise DatabaseError(f"no database at {path}; create it with `filterdb init`")
-    config: dict[str, object] = {"memory_limit": DUCKDB_MEMORY_LIMIT}
+    config: dict[str, object] = {"memory_limit": memory_limit or DUCKDB_MEMORY_LIMIT}
     if read_only:
-        config |= {"enable_external_access": False, "lock_configuration": True}
+        # temp_directory cannot be changed with external access off ("Modifying the
+        # temp_directory has been disabled"), so spilling is capped instead (issue 9: a
+        # 250M-row group-by spilled into <file>.tmp).
+        config |= {
+            "enable_external_access": False,
+            "lock_configuration": True,
+            "max_temp_directory_size": "0B",
+        }
     # NullPool: the file lock is released as soon as a connection closes, so another
     # process (or a read-only engine in this one) can open the file (PLATFORM.md).
     return sa.create_engine(

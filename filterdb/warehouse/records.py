@@ -6,9 +6,44 @@ hold plain values and numpy arrays only, so the warehouse needs nothing from ing
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from filterdb.errors import MetadataError
+
+# Names are shown in tables, reports and file names: a 100,000-character name printed 501
+# lines (issue 9). Longer than any zoo entry or file stem seen (under 80).
+MAX_NAME_LENGTH = 200
+ACCURACY_FIELDS = (
+    "clean_acc",
+    "robust_acc",
+    "autoattack_acc",
+    "external_acc",
+    "corruptions_acc",
+)
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` when it can be a model name, else raise :class:`MetadataError`.
+
+    A name is 1 to :data:`MAX_NAME_LENGTH` characters without line breaks or other control
+    characters; it is data, shown as written (never as terminal markup).
+    """
+    if not name or not name.strip():
+        raise MetadataError("the model name is empty; give --name NAME")
+    if len(name) > MAX_NAME_LENGTH:
+        raise MetadataError(
+            f"the model name is {len(name):,} characters long, more than the "
+            f"{MAX_NAME_LENGTH} allowed; give a shorter --name"
+        )
+    if any(not character.isprintable() for character in name):
+        raise MetadataError(
+            f"the model name {name!r} holds control characters or line breaks; give a "
+            "--name of printable characters"
+        )
+    return name
 
 
 @dataclass
@@ -34,6 +69,29 @@ class TrainingInfo:
     unreliable: bool | None = None
     number_forward_passes: int | None = None
 
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`MetadataError` unless every figure is in range (the one place).
+
+        Accuracies are percentages, finite and in [0, 100]; ``eps`` is finite and positive.
+        Unknown figures (None) are always fine.
+        """
+        for name in ACCURACY_FIELDS:
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and 0 <= value <= 100):
+                option = "--" + name.replace("_", "-")
+                raise MetadataError(
+                    f"{name} {value:g} is not a percentage; accuracies are in [0, 100] "
+                    f"(e.g. {option} 89.7 for 89.7 %)"
+                )
+        if self.eps is not None and not (math.isfinite(self.eps) and self.eps > 0):
+            raise MetadataError(
+                f"eps {self.eps_text or self.eps} is not a finite positive attack budget; "
+                "write it like 8/255 or 0.5"
+            )
+
 
 @dataclass
 class ModelInfo:
@@ -49,6 +107,9 @@ class ModelInfo:
     n_parameters: int | None = None
     producer: str | None = None
     training: TrainingInfo = field(default_factory=TrainingInfo)
+
+    def __post_init__(self) -> None:
+        check_model_name(self.name)
 
 
 @dataclass

@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from filterdb.errors import SourceError
-from filterdb.warehouse.records import ModelInfo
+from filterdb.warehouse.records import ModelInfo, check_model_name
+
+# Stored filters are float32; a float16 or bfloat16 file doubles its bytes. More than this
+# many times the files' bytes cannot come from real weights: a 1.8 kB torch file whose
+# stride-0 view claimed 10^12 filters did (issue 9).
+MAX_BYTES_PER_FILE_BYTE = 4
 
 if TYPE_CHECKING:  # listing and hashing models needs no torch
     import torch
@@ -73,6 +78,9 @@ class Candidate:
     paths: list[Path]
     read: Callable[[], ModelSource]
 
+    def __post_init__(self) -> None:
+        check_model_name(self.name)
+
 
 def files_sha256(paths: list[Path]) -> str:
     """SHA-256 over the bytes of ``paths`` in order: a model's identity (SPEC section 4)."""
@@ -127,3 +135,35 @@ def load_tensors(path: Path) -> object:
             f"{path} is not a readable torch checkpoint ({reason}); the file is corrupt or "
             "truncated: fetch it again"
         ) from None
+
+
+def check_weights_fit_files(source: ModelSource, paths: list[Path]) -> None:
+    """Refuse weights that the files cannot hold, before anything is copied or stored.
+
+    A conv weight must own its values: a view with a stride of 0 (``expand``) or whose
+    storage is smaller than its elements repeats the same bytes, and is refused. All 3x3
+    weights together, as float32, may not exceed :data:`MAX_BYTES_PER_FILE_BYTE` times the
+    bytes of ``paths`` (the checkpoint or ONNX files). Raises :class:`SourceError`.
+    """
+    file_bytes = sum(path.stat().st_size for path in paths)
+    total = 0
+    for conv in source.convs:
+        weight = conv.weight
+        needed = weight.numel() * weight.element_size()
+        held = weight.untyped_storage().nbytes() - weight.storage_offset() * weight.element_size()
+        repeated = any(s == 0 and n > 1 for s, n in zip(weight.stride(), weight.shape, strict=True))
+        # An empty weight repeats nothing; extraction refuses it with its own reason.
+        if weight.numel() and (repeated or needed > held):
+            raise SourceError(
+                f"{conv.name}: weight of shape {tuple(weight.shape)} is an expanded or "
+                f"overlapping view ({weight.numel():,} values on {held:,} bytes of storage), "
+                "not real weights; save tensors that own their data (tensor.clone())"
+            )
+        if conv.is_3x3:
+            total += weight.numel() * 4
+    if total > MAX_BYTES_PER_FILE_BYTE * max(file_bytes, 1):
+        raise SourceError(
+            f"{source.info.name}: its 3x3 weights would take {total:,} bytes as float32 from "
+            f"{file_bytes:,} bytes of files, more than the {MAX_BYTES_PER_FILE_BYTE} times "
+            "allowed; the file declares more weights than it holds"
+        )

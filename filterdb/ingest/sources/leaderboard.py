@@ -9,6 +9,7 @@ The rules for their fields are in SPEC section 6. No robustbench import is neede
 
 from __future__ import annotations
 
+import http.client
 import json
 import re
 import urllib.error
@@ -20,7 +21,7 @@ from fractions import Fraction
 from html.parser import HTMLParser
 from pathlib import Path
 
-from filterdb.errors import SourceError
+from filterdb.errors import MetadataError, SourceError
 from filterdb.warehouse.records import TrainingInfo
 
 URL_SCHEMES = ("http", "https")
@@ -119,6 +120,10 @@ def parse_eps(text: str | None) -> tuple[str | None, float | None]:
     text = str(text).strip()
     try:
         return text, float(Fraction(text))
+    except OverflowError:
+        raise MetadataError(
+            f"eps {text} is not a finite positive attack budget; write it like 8/255 or 0.5"
+        ) from None
     except (ValueError, ZeroDivisionError):
         raise SourceError(
             f"eps {text!r} is neither a fraction nor a decimal; write it like 8/255 or 0.031"
@@ -170,29 +175,32 @@ def _entry_from_json(
     autoattack_acc = _accuracy(record, "autoattack_acc", location)
     external_acc = _accuracy(record, "external", location)
     eps_text, eps = _eps(record, location)
-    training = TrainingInfo(
-        training_type=training_type_of(model_id),
-        training_dataset=dataset,
-        threat_model=threat_model,
-        eps_text=eps_text,
-        eps=eps,
-        extra_data=record.get("additional_data"),
-        clean_acc=_accuracy(record, "clean_acc", location),
-        # A stronger outside evaluation replaces AutoAttack on the leaderboard; the paper's
-        # own claim ("reported") is never a robust accuracy (SPEC section 6).
-        robust_acc=external_acc if external_acc is not None else autoattack_acc,
-        autoattack_acc=autoattack_acc,
-        external_acc=external_acc,
-        # Corruptions entries' own figure: not a robust accuracy (SPEC section 6), a column
-        # of its own.
-        corruptions_acc=_accuracy(record, "corruptions_acc", location),
-        paper_title=_text(record.get("name")),
-        paper_url=_text(record.get("link")),
-        venue=strip_html(record.get("venue")),
-        footnote=strip_html(record.get("footnote")),
-        unreliable=record.get("unreliable"),
-        number_forward_passes=record.get("number_forward_passes"),
-    )
+    try:
+        training = TrainingInfo(
+            training_type=training_type_of(model_id),
+            training_dataset=dataset,
+            threat_model=threat_model,
+            eps_text=eps_text,
+            eps=eps,
+            extra_data=record.get("additional_data"),
+            clean_acc=_accuracy(record, "clean_acc", location),
+            # A stronger outside evaluation replaces AutoAttack on the leaderboard; the paper's
+            # own claim ("reported") is never a robust accuracy (SPEC section 6).
+            robust_acc=external_acc if external_acc is not None else autoattack_acc,
+            autoattack_acc=autoattack_acc,
+            external_acc=external_acc,
+            # Corruptions entries' own figure: not a robust accuracy (SPEC section 6), a column
+            # of its own.
+            corruptions_acc=_accuracy(record, "corruptions_acc", location),
+            paper_title=_text(record.get("name")),
+            paper_url=_text(record.get("link")),
+            venue=strip_html(record.get("venue")),
+            footnote=strip_html(record.get("footnote")),
+            unreliable=record.get("unreliable"),
+            number_forward_passes=record.get("number_forward_passes"),
+        )
+    except MetadataError as error:  # a figure out of range (TrainingInfo.validate)
+        raise MetadataError(f"{location}: {error}") from None
     return LeaderboardEntry(
         model_id=model_id,
         dataset=dataset,
@@ -251,6 +259,13 @@ def _fetch(url: str) -> bytes | None:
         reason = getattr(error, "reason", error)
         raise SourceError(
             f"cannot fetch {url} ({reason}); check the network or use a local model_info copy"
+        ) from None
+    # A body shorter than its Content-Length, a connection reset mid-answer (issue 9).
+    except (http.client.HTTPException, OSError) as error:
+        reason = type(error).__name__ + (f": {error}" if str(error) else "")
+        raise SourceError(
+            f"cannot fetch {url}: the answer broke off ({' '.join(reason.split())[:120]}); "
+            "retry, or use a local model_info copy"
         ) from None
 
 

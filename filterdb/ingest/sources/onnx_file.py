@@ -239,13 +239,13 @@ def _conv_weight(
         if producer is not None and producer.op_type == "Constant":
             value = next((a.t for a in producer.attribute if a.name == "value"), None)
             if value is not None:
-                return tensor_name, _float32(value)
+                return tensor_name, _float32(value, path)
         origin = "a graph input" if producer is None else f"a {producer.op_type} node"
         raise SourceError(
             f"{path}: Conv {conv.name or tensor_name} computes its weight at run time (from "
             f"{origin}); export the model with constant folding so weights are stored"
         )
-    return tensor_name, _float32(initializers[tensor_name])
+    return tensor_name, _float32(initializers[tensor_name], path)
 
 
 def _conv_layer(name: str, node: NodeProto, depth: int, weight: torch.Tensor) -> ConvLayer:
@@ -262,9 +262,30 @@ def _conv_layer(name: str, node: NodeProto, depth: int, weight: torch.Tensor) ->
     )
 
 
-def _float32(tensor: TensorProto) -> torch.Tensor:
+def _float32(tensor: TensorProto, path: Path) -> torch.Tensor:
+    """The weight as float32; refused when it is not float or its data and shape disagree."""
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise SourceError(
+            f"{path}: weight {tensor.name} has negative dimensions {dims}; the ONNX file is "
+            "malformed: export it again"
+        )
+    if tensor.data_type not in _FLOAT_TYPES:
+        kind = TensorProto.DataType.Name(tensor.data_type)
+        raise SourceError(
+            f"{path}: Conv weight {tensor.name} is {kind}, a quantized weight; filterdb reads "
+            "float weights only (a graph that dequantizes computes them at run time): "
+            "export the float model"
+        )
+    try:
+        array = numpy_helper.to_array(tensor)
+    except ValueError as error:  # e.g. dims 1e5 x 1e5 x 3 x 3 over a few bytes of data
+        raise SourceError(
+            f"{path}: weight {tensor.name} declares shape {dims} but its data does not fit "
+            f"it ({_one_line(error)}); the ONNX file is malformed: export it again"
+        ) from None
     # astype copies: the array from numpy_helper may be a read-only view of the protobuf.
-    return torch.from_numpy(numpy_helper.to_array(tensor).astype(np.float32))
+    return torch.from_numpy(array.astype(np.float32))
 
 
 def _n_parameters(graph: GraphProto) -> int:
