@@ -13,7 +13,7 @@ import typer
 
 from filterdb.cli import analysis, demo, export, leaderboard, report
 from filterdb.cli import ingest as ingest_cli
-from filterdb.cli.options import FormatOption, OutputOption, database_url
+from filterdb.cli.options import EngineOption, FormatOption, LakeOption, OutputOption, database_url
 from filterdb.cli.output import (
     OutputFormat,
     console,
@@ -174,6 +174,8 @@ def metrics(
         ingest_cli.Device, typer.Option(help="Where to compute: auto is CUDA when available.")
     ] = ingest_cli.Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    engine: EngineOption = None,
+    lake: LakeOption = None,
 ) -> None:
     """Compute and cache the metrics of every layer that lacks them (or is stale)."""
     from filterdb.metrics import cache
@@ -186,6 +188,8 @@ def metrics(
             recompute=recompute,
             device=device.value,
             on_progress=on_progress,
+            engine=engine,
+            lake=lake,
         )
     if result.n_layers == 0:
         console.print("nothing to compute: every metric is cached and current")
@@ -234,3 +238,7 @@ def query(
 def main() -> None:
     """Entry point of the ``filterdb`` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()
