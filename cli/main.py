@@ -226,12 +226,27 @@ def query(
     write: Annotated[
         bool, typer.Option("--write", help="Allow statements that change the database.")
     ] = False,
+    lake: Annotated[
+        str | None,
+        typer.Option(
+            "--lake", help="Query the views over this Parquet lake (DIR or s3://...) instead."
+        ),
+    ] = None,
 ) -> None:
     """Run ad-hoc SQL, read-only unless --write (see the views in the README)."""
-    from filterdb.warehouse.query import run_query
+    from filterdb.errors import QueryRefused
 
     with one_line_errors():
-        frame = run_query(sql, url=database_url(context), write=write)
+        if lake is None:
+            from filterdb.warehouse.query import run_query
+
+            frame = run_query(sql, url=database_url(context), write=write)
+        elif write:
+            raise QueryRefused("a lake is read-only: --write works on the database, not --lake")
+        else:
+            from filterdb.lake.query import query_lake
+
+            frame = query_lake(sql, lake=lake)
         emit_frame(frame, fmt, output)
 
 

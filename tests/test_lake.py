@@ -20,14 +20,17 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import torch
+from test_cli_foundation import assert_one_line_error
 from test_export import bits, checkpoint_filters, store, stored_rows
 from test_metrics_cache import trained_state_dict
 from typer.testing import CliRunner
 
 from filterdb.cli.main import app
+from filterdb.errors import QueryFailed
 from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 from filterdb.lake.layout import FACT_SCHEMA, LakeError, read_layers
+from filterdb.lake.query import query_lake
 from filterdb.lake.write import sync_lake
 from filterdb.metrics.registry import METRICS
 from filterdb.warehouse.database import engine_for
@@ -253,3 +256,54 @@ def test_the_lake_on_an_s3_server(duckdb_url, tmp_path, s3_server):
     expected = np.concatenate([checkpoint_filters(state) for state in models.values()])
     assert np.array_equal(bits(lake_filters("lake-bucket/cnn", filesystem)), bits(expected))
     assert sync_lake(url=duckdb_url, lake=url).written == []
+
+
+def test_query_lake_answers_the_views_and_refuses_what_query_refuses(
+    duckdb_url, tmp_path, monkeypatch
+):
+    store(duckdb_url, tmp_path)
+    out = tmp_path / "lake"
+    sync_lake(url=duckdb_url, lake=out)
+
+    def lake_query(*args: str):
+        return runner.invoke(app, ["query", "--lake", str(out), "--format", "json", *args])
+
+    for view, keys in (
+        ("v_models", "model_id"),
+        ("v_layers", "layer_id"),
+        ("v_layer_metrics", "layer_id"),
+        ("v_filters", "layer_id, filter_index"),
+    ):
+        sql = f"SELECT * FROM {view} ORDER BY {keys}"
+        got = query_lake(sql, lake=out)
+        expected = stored_rows(duckdb_url, sql)
+        assert got.columns == expected.columns, view
+        assert got.height == expected.height > 0, view
+        for column in expected.columns:
+            if column in WEIGHTS:
+                assert np.array_equal(bits(got[column].to_numpy()), bits(expected[column]))
+            elif column != "computed_at":
+                assert got[column].to_list() == expected[column].to_list(), (view, column)
+    result = lake_query("SELECT COUNT(*) AS n FROM v_filters")
+    assert result.exit_code == 0 and json.loads(result.output) == [{"n": 240}]
+
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a\n1\n")
+    for sql, fragment in (
+        ("DELETE FROM v_models", "not a read-only statement"),
+        (f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'", "not a read-only statement"),
+        ("ATTACH ':memory:' AS other", "not a read-only statement"),
+        ("SELECT 1; SELECT 2", "statement"),
+        (f"SELECT * FROM read_csv('{secret}')", "disabled by configuration"),
+        (f"SELECT * FROM '{out / 'models.parquet'}'", "disabled by configuration"),
+    ):
+        assert_one_line_error(lake_query(sql), fragment)
+    assert_one_line_error(lake_query("SELECT 1", "--write"), "a lake is read-only")
+    assert not (tmp_path / "x.csv").exists()
+
+    # The engine's guard alone, the statement check switched off.
+    monkeypatch.setattr("filterdb.lake.query.check_read_only", lambda sql: None)
+    for sql in (f"COPY (SELECT 1) TO '{tmp_path / 'x.csv'}'", "SET enable_external_access = true"):
+        with pytest.raises(QueryFailed):
+            query_lake(sql, lake=out)
+    assert not (tmp_path / "x.csv").exists()
