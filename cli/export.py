@@ -23,28 +23,37 @@ class ExportFormat(StrEnum):
 def export(
     context: typer.Context,
     out: Annotated[
-        Path,
+        str,
         typer.Option(
-            "--out", help="HDF5 file, or directory for Parquet (one model_id=<id>/ per model)."
+            "--out",
+            help="HDF5 file; for Parquet the lake: a directory or s3://bucket/prefix "
+            "(endpoint_override=HOST:PORT&scheme=http in the URL for other S3 servers).",
         ),
     ],
     fmt: Annotated[
         ExportFormat,
         typer.Option(
-            "--format", help="hdf5: the CNN Filter DB layout; parquet: v_filters rows by model."
+            "--format",
+            help="hdf5: the CNN Filter DB layout; parquet: the incremental lake by model.",
         ),
     ] = ExportFormat.hdf5,
     model: Annotated[
         list[str] | None, typer.Option("--model", help="Only this model (repeatable).")
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT when it exists.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an HDF5 OUT when it exists (a lake is updated).")
+    ] = False,
 ) -> None:
     """Write the stored filters for other tools: CNN Filter DB notebooks, DuckDB, Polars."""
     from filterdb.reports.export import export_hdf5, export_parquet
 
-    exporter = export_hdf5 if fmt is ExportFormat.hdf5 else export_parquet
     with one_line_errors():
-        result = exporter(url=database_url(context), out=out, models=model, overwrite=overwrite)
+        if fmt is ExportFormat.hdf5:
+            result = export_hdf5(
+                url=database_url(context), out=Path(out), models=model, overwrite=overwrite
+            )
+        else:
+            result = export_parquet(url=database_url(context), out=out, models=model)
     console.print(
         f"wrote {result.n_filters:,} filters of {result.n_layers:,} layers "
         f"({result.n_models} model{'' if result.n_models == 1 else 's'}) to {result.path}",

@@ -13,7 +13,7 @@ import typer
 
 from filterdb.cli import analysis, demo, export, leaderboard, report
 from filterdb.cli import ingest as ingest_cli
-from filterdb.cli.options import FormatOption, OutputOption, database_url
+from filterdb.cli.options import EngineOption, FormatOption, LakeOption, OutputOption, database_url
 from filterdb.cli.output import (
     OutputFormat,
     console,
@@ -179,6 +179,8 @@ def metrics(
         ingest_cli.Device, typer.Option(help="Where to compute: auto is CUDA when available.")
     ] = ingest_cli.Device.auto,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    engine: EngineOption = None,
+    lake: LakeOption = None,
 ) -> None:
     """Compute and cache the metrics of every layer that lacks them (or is stale)."""
     from filterdb.metrics import cache
@@ -191,6 +193,8 @@ def metrics(
             recompute=recompute,
             device=device.value,
             on_progress=on_progress,
+            engine=engine,
+            lake=lake,
         )
     if result.n_layers == 0:
         console.print("nothing to compute: every metric is cached and current")
@@ -244,23 +248,42 @@ def query(
     max_bytes: Annotated[
         int, typer.Option("--max-bytes", help="Refuse results larger than about this.")
     ] = DEFAULT_MAX_BYTES,
+    lake: Annotated[
+        str | None,
+        typer.Option(
+            "--lake", help="Query the views over this Parquet lake (DIR or s3://...) instead."
+        ),
+    ] = None,
 ) -> None:
     """Run ad-hoc SQL, read-only unless --write (see the views in the README)."""
-    from filterdb.warehouse.query import run_query
+    from filterdb.errors import QueryRefused
 
     with one_line_errors():
-        frame = run_query(
-            sql,
-            url=database_url(context),
-            write=write,
-            timeout_s=timeout,
-            memory_limit=memory_limit,
-            max_rows=max_rows,
-            max_bytes=max_bytes,
-        )
+        if lake is None:
+            from filterdb.warehouse.query import run_query
+
+            frame = run_query(
+                sql,
+                url=database_url(context),
+                write=write,
+                timeout_s=timeout,
+                memory_limit=memory_limit,
+                max_rows=max_rows,
+                max_bytes=max_bytes,
+            )
+        elif write:
+            raise QueryRefused("a lake is read-only: --write works on the database, not --lake")
+        else:
+            from filterdb.lake.query import query_lake
+
+            frame = query_lake(sql, lake=lake)
         emit_frame(frame, fmt, output)
 
 
 def main() -> None:
     """Entry point of the ``filterdb`` console script."""
     app()
+
+
+if __name__ == "__main__":
+    main()

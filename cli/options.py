@@ -22,3 +22,21 @@ FormatOption = Annotated[
 OutputOption = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write to FILE instead of the terminal.")
 ]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        envvar="FILTERDB_ENGINE",
+        help="Where to compute: local (default), dask-local[:N] (N worker processes here) "
+        "or dask://HOST:PORT (a running Dask scheduler).",
+    ),
+]
+LakeOption = Annotated[
+    str | None,
+    typer.Option(
+        "--lake",
+        envvar="FILTERDB_LAKE",
+        help="Parquet lake the Dask workers read (DIR or s3://...); brought up to date "
+        "first. Default: <db file>.lake beside a DuckDB file.",
+    ),
+]

@@ -216,8 +216,10 @@ class FilterDB:
         recompute: bool = False,
         device: str = "auto",
         on_progress: Callable[[ComputeProgress], None] | None = None,
+        engine: str | None = None,
+        lake: str | None = None,
     ) -> ComputeResult:
-        """Compute and cache the metrics that are missing or stale."""
+        """Compute and cache the metrics that are missing or stale (``engine``: where)."""
         from filterdb.metrics import cache
 
         return cache.compute_metrics(
@@ -227,6 +229,8 @@ class FilterDB:
             recompute=recompute,
             device=device,
             on_progress=on_progress,
+            engine=engine,
+            lake=lake,
         )
 
     def depth_profile(self, model: str | None = None) -> pl.DataFrame:

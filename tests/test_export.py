@@ -160,18 +160,18 @@ def test_parquet_round_trip_read_by_duckdb_and_polars(db_url, stored, tmp_path):
     result = export_parquet(url=db_url, out=out)
     assert (result.n_models, result.n_layers) == (2, 6)
     model_ids = stored_rows(db_url, "SELECT model_id FROM v_models")["model_id"].to_list()
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"model_id={i}" for i in model_ids)
-    assert all(
-        [p.name for p in folder.iterdir()] == ["filters.parquet"] for folder in out.iterdir()
-    )
+    folders = sorted((out / "filters").iterdir())
+    assert [p.name for p in folders] == sorted(f"model_id={i}" for i in model_ids)
+    assert all([p.name for p in folder.iterdir()] == ["part-0.parquet"] for folder in folders)
 
     keys = ["layer_id", "filter_index"]
-    expected = stored_rows(db_url, "SELECT * FROM v_filters").sort(keys)
-    pattern = str(out / "**" / "*.parquet")
+    facts = ["model_id", *keys, "out_channel", "in_channel", *WEIGHTS]
+    expected = stored_rows(db_url, f"SELECT {', '.join(facts)} FROM v_filters").sort(keys)
+    pattern = str(out / "filters" / "**" / "*.parquet")
     by_duckdb = duckdb.sql(f"SELECT * FROM read_parquet('{pattern}', hive_partitioning=true)").pl()
     by_polars = pl.scan_parquet(pattern, hive_partitioning=True).collect()
     for got in (by_duckdb.sort(keys), by_polars.sort(keys)):
-        assert sorted(got.columns) == sorted(expected.columns)
+        assert sorted(got.columns) == sorted(facts)
         assert got.height == expected.height == result.n_filters
         for column in expected.columns:
             if column in WEIGHTS:
@@ -195,7 +195,7 @@ def test_model_option_limits_both_exports(duckdb_models, tmp_path):
         assert np.array_equal(
             bits(file["filter"][...]), bits(checkpoint_filters(stored_duckdb["robust-a"]))
         )
-    names = duckdb.sql(f"SELECT DISTINCT model_name FROM '{tmp_path / 'robust'}/*/*.parquet'")
+    names = duckdb.sql(f"SELECT model_name FROM '{tmp_path / 'robust'}/models.parquet'")
     assert names.fetchall() == [("robust-a",)]
 
 
@@ -222,20 +222,20 @@ def test_cli_errors_are_one_line_and_leave_files_alone(duckdb_models, tmp_path):
     (folder / "notes.txt").write_text("mine")
     assert_one_line_error(
         export("--format", "parquet", "--out", str(folder), "--overwrite"),
-        "not a filterdb Parquet export",
+        "not a filterdb Parquet lake",
     )
     assert (folder / "notes.txt").read_text() == "mine"
     assert_one_line_error(export("--out", str(tmp_path / "missing" / "x.h5")), "does not exist")
 
 
-def test_parquet_overwrite_replaces_an_earlier_export(duckdb_models, tmp_path):
+def test_parquet_export_adds_models_to_an_earlier_lake(duckdb_models, tmp_path):
     duckdb_url, _ = duckdb_models
     out = tmp_path / "filters"
     export_parquet(url=duckdb_url, out=out, models=["normal-a"])
-    result = export_parquet(url=duckdb_url, out=out, models=["robust-a"], overwrite=True)
-    assert result.n_models == 1 and len(list(out.iterdir())) == 1
-    names = duckdb.sql(f"SELECT DISTINCT model_name FROM '{out}/*/*.parquet'").fetchall()
-    assert names == [("robust-a",)]
+    result = export_parquet(url=duckdb_url, out=out, models=["robust-a"])
+    assert result.n_models == 2 and len(list((out / "filters").iterdir())) == 2
+    names = duckdb.sql(f"SELECT model_name FROM '{out}/models.parquet' ORDER BY 1").fetchall()
+    assert names == [("normal-a",), ("robust-a",)]
 
 
 def test_nothing_to_export(duckdb_url, tmp_path):

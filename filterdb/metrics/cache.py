@@ -10,8 +10,10 @@ DuckDB's single writer is held briefly.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -20,13 +22,18 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from filterdb.device import resolve_device
+from filterdb.errors import FilterdbError
+from filterdb.lake.write import sync_lake
+from filterdb.metrics.engine import Engine as EngineSpec
+from filterdb.metrics.engine import dask_client, parse_engine
 from filterdb.metrics.layer import (
     layer_metrics,
     require_eps,
 )
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS, METRICS, POOLED_METRICS, metric_params
+from filterdb.metrics.tasks import file_metrics
 from filterdb.warehouse import schema
-from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.warehouse.database import engine_for, read_frame, resolve_url
 from filterdb.warehouse.inventory import require_models
 from filterdb.warehouse.migrate import require_head
 from filterdb.warehouse.read import iter_layer_filters
@@ -34,6 +41,8 @@ from filterdb.warehouse.write import utc_now
 
 if TYPE_CHECKING:
     import torch
+
+LAKE_ENVIRONMENT_VARIABLE = "FILTERDB_LAKE"
 
 
 @dataclass(frozen=True)
@@ -62,12 +71,22 @@ def compute_metrics(
     recompute: bool = False,
     device: str | torch.device = "auto",
     on_progress: Callable[[ComputeProgress], None] | None = None,
+    engine: str | None = None,
+    lake: str | Path | None = None,
 ) -> ComputeResult:
     """Compute and cache every metric of SPEC section 5 that is missing or stale.
 
     ``models`` limits the work to those model names; ``recompute`` recomputes everything
     in scope. ``eps`` is the sparsity threshold, part of the cache key. A layer with NaN
     or infinite weights gets NULL values (:func:`filterdb.metrics.layer.layer_metrics`).
+
+    ``engine`` (:func:`filterdb.metrics.engine.parse_engine`; default
+    ``$FILTERDB_ENGINE``, else ``local``) says where the work runs. On a Dask engine the
+    lake at ``lake`` (default: ``$FILTERDB_LAKE``, else ``<file>.lake`` beside a DuckDB
+    file) is brought up to date first, one task per lake file computes its stale layers on
+    a worker with the same kernels (on the CPU) and the client writes every value in one
+    transaction: the cache then holds, bit for bit, what ``--engine local --device cpu``
+    writes. Workers read only the lake, never the database.
 
     Raises
     ------
@@ -77,6 +96,17 @@ def compute_metrics(
         No CUDA device for ``device="cuda"``, a database not at head, an unknown model.
     """
     require_eps(eps)
+    where = parse_engine(engine)
+    if not where.is_local:
+        return _compute_on_dask(
+            where,
+            url=url,
+            models=models,
+            eps=eps,
+            recompute=recompute,
+            lake=lake,
+            on_progress=on_progress,
+        )
     target = resolve_device(device)
     with engine_for(url) as engine:
         require_head(engine)
@@ -98,6 +128,105 @@ def compute_metrics(
             n_values += len(rows)
     n_models = todo["model_name"].n_unique() if total else 0
     return ComputeResult(n_models=n_models, n_layers=total, n_values=n_values)
+
+
+def _compute_on_dask(
+    where: EngineSpec,
+    *,
+    url: str | None,
+    models: list[str] | None,
+    eps: float,
+    recompute: bool,
+    lake: str | Path | None,
+    on_progress: Callable[[ComputeProgress], None] | None,
+) -> ComputeResult:
+    import torch
+
+    location = str(lake or default_lake(url))
+    with engine_for(url) as engine:
+        require_head(engine)
+        todo = _stale(engine, models, eps=eps, recompute=recompute)
+    if todo.height == 0:
+        return ComputeResult(n_models=0, n_layers=0, n_values=0)
+    manifest = sync_lake(url=url, lake=location, models=todo["model_name"].unique().to_list())
+    names = dict(todo.select("layer_id", "model_name").iter_rows())
+    by_file = _layers_by_file(todo, manifest.manifest)
+    rows, done = [], 0
+    with dask_client(where) as client:
+        futures = [
+            client.submit(
+                file_metrics,
+                location,
+                file,
+                layers,
+                eps=eps,
+                torch_threads=torch.get_num_threads(),
+                pure=False,
+            )
+            for file, layers in by_file.items()
+        ]
+        from distributed import as_completed
+
+        model_ids = dict(todo.select("layer_id", "model_id").iter_rows())
+        for future in as_completed(futures):
+            table = future.result()
+            computed_at = utc_now()
+            for row in table.to_pylist():
+                rows.append(
+                    {
+                        **row,
+                        "model_id": model_ids[row["layer_id"]],
+                        "params": metric_params(row["metric"], eps=eps),
+                        "version": METRICS[row["metric"]].version,
+                        "computed_at": computed_at,
+                    }
+                )
+            for layer_id in sorted(set(table["layer_id"].to_pylist())):
+                done += 1
+                if on_progress:
+                    on_progress(ComputeProgress(names[layer_id], done, todo.height))
+    # One transaction for the whole run: a client stopped midway leaves no partial run.
+    with engine_for(url) as engine, engine.begin() as connection:
+        _store(connection, rows)
+    return ComputeResult(
+        n_models=todo["model_name"].n_unique(), n_layers=todo.height, n_values=len(rows)
+    )
+
+
+def default_lake(url: str | None) -> Path:
+    """The lake of a database: ``$FILTERDB_LAKE``, else ``<file>.lake`` beside a DuckDB file.
+
+    Raises :class:`FilterdbError` for another database without ``$FILTERDB_LAKE``.
+    """
+    if os.environ.get(LAKE_ENVIRONMENT_VARIABLE):
+        return Path(os.environ[LAKE_ENVIRONMENT_VARIABLE])
+    resolved = sa.make_url(resolve_url(url))
+    if resolved.get_backend_name() == "duckdb" and resolved.database not in (None, ":memory:"):
+        return Path(f"{resolved.database}.lake")
+    raise FilterdbError(
+        f"a Dask engine reads the lake; give --lake DIR|URL (or ${LAKE_ENVIRONMENT_VARIABLE}) "
+        "that the workers can reach"
+    )
+
+
+def _layers_by_file(todo: pl.DataFrame, manifest: dict) -> dict[str, list[dict]]:
+    """The stale layers grouped by the lake file that holds them."""
+    by_file: dict[str, list[dict]] = {}
+    for layer in todo.iter_rows(named=True):
+        files = manifest["models"][str(layer["model_id"])]["files"]
+        file = next(
+            f["path"] for f in files if f["min_layer_id"] <= layer["layer_id"] <= f["max_layer_id"]
+        )
+        by_file.setdefault(file, []).append(
+            {
+                "layer_id": layer["layer_id"],
+                "n_filters": layer["n_filters"],
+                "out_channels": layer["out_channels"],
+                "per_out": layer["in_channels"] // layer["groups"],
+                "metric": list(layer["metric"]),
+            }
+        )
+    return by_file
 
 
 def depth_profile(*, url: str | None = None, models: list[str] | None = None) -> pl.DataFrame:

@@ -2,19 +2,19 @@
 
 HDF5 follows SPEC section 7a, so that the notebooks written for the CNN Filter DB dataset
 run on it unchanged: ``f["filters"][...].reshape(-1, 9)`` and ``pd.read_hdf(path, "meta")``
-with ``filter_ids`` ranges. Parquet holds the ``v_filters`` rows, one hive-style directory
-``model_id=<id>/`` per model, for DuckDB, Polars, Spark or Dask.
+with ``filter_ids`` ranges. Parquet is the incremental lake of :mod:`filterdb.lake`, one
+hive-style directory ``filters/model_id=<id>/`` per model, for DuckDB, Polars, Spark or Dask.
 
 Both stream: filters are read a few layers at a time (:mod:`filterdb.warehouse.read`),
 so memory stays bounded by the largest layer (or one Parquet row group), never the
-database. Both write into a hidden sibling of ``out`` that replaces it only when the export
-succeeded, so a failed export leaves nothing half-written behind.
+database. HDF5 is written into a hidden sibling of ``out`` that replaces it only when the
+export succeeded, so a failed export leaves nothing half-written behind; the lake swaps
+each model's directory in the same way.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -25,8 +25,6 @@ import h5py
 import numpy as np
 import pandas as pd
 import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
@@ -36,7 +34,6 @@ from filterdb.warehouse.database import engine_for, read_frame, resolve_url
 from filterdb.warehouse.inventory import require_models
 from filterdb.warehouse.migrate import require_head
 from filterdb.warehouse.read import iter_layer_filters
-from filterdb.warehouse.schema import WEIGHT_COLUMNS
 from filterdb.warehouse.write import utc_now
 
 # The index levels of /meta, in this order (SPEC section 7a).
@@ -73,31 +70,6 @@ VISUAL_CATEGORIES = {
 
 # Sources whose weights come from PyTorch checkpoints: the paper's "Framework" column.
 PYTORCH_SOURCES = ("robustbench", "checkpoint")
-
-# Rows per Parquet row group: pyarrow's default maximum, reached by gathering small layers.
-PARQUET_ROW_GROUP_ROWS = 1 << 20
-
-# The Parquet file schema: the v_filters columns (SPEC section 4) but model_id, which the
-# hive directory name carries (readers add it back with hive partitioning).
-PARQUET_SCHEMA = pa.schema(
-    [
-        ("layer_id", pa.int32()),
-        ("model_name", pa.string()),
-        ("layer_name", pa.string()),
-        ("conv_depth", pa.int32()),
-        ("conv_depth_norm", pa.float64()),
-        ("depth_bin", pa.string()),
-        ("filter_index", pa.int32()),
-        ("out_channel", pa.int32()),
-        ("in_channel", pa.int32()),
-        *((name, pa.float32()) for name in WEIGHT_COLUMNS),
-        ("robust", pa.bool_()),
-        ("training_dataset", pa.string()),
-        ("training_type", pa.string()),
-        ("architecture", pa.string()),
-    ]
-)
-_PARQUET_PARTITION = re.compile(r"model_id=\d+")
 
 
 @dataclass(frozen=True)
@@ -161,34 +133,28 @@ def export_hdf5(
 def export_parquet(
     *,
     url: str | None = None,
-    out: Path,
+    out: Path | str,
     models: list[str] | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Write the ``v_filters`` rows as Parquet, one directory ``out/model_id=<id>/`` per model.
+    """Write or bring up to date the Parquet lake at ``out`` (a directory or a URL).
 
-    Each model is one zstd-compressed file ``filters.parquet`` holding the ``v_filters``
-    columns but ``model_id``, which the directory name carries: read it back with hive
-    partitioning, e.g. DuckDB
-    ``read_parquet('OUT/**/*.parquet', hive_partitioning=true)`` or
-    ``polars.scan_parquet('OUT/**/*.parquet', hive_partitioning=True)``. Rows are in
-    layer_id, then filter_index order; weights are the stored float32 values, bit for bit.
-
-    ``models``, ``overwrite`` and errors as in :func:`export_hdf5`; with ``overwrite`` only
-    an earlier Parquet export (a directory of ``model_id=<id>`` folders) is replaced.
+    The layout, the incremental rules and the object-store URLs are those of
+    :mod:`filterdb.lake` (:func:`filterdb.lake.write.sync_lake`): only models missing or
+    changed are written, models no longer stored are removed, other files stay untouched,
+    so ``overwrite`` is not needed to update a lake (a directory that is not one is refused
+    even with it). ``models`` and errors as in :func:`export_hdf5`.
     """
-    out = Path(out)
-    _check_target(out, overwrite=overwrite, directory=True)
-    with engine_for(url) as engine:
-        require_head(engine)
-        with engine.connect() as connection, _staged(out) as staging:
-            layers = _exported_layers(connection, models)
-            staging.mkdir()
-            for (model_id,), model_layers in layers.group_by("model_id", maintain_order=True):
-                folder = staging / f"model_id={model_id}"
-                folder.mkdir()
-                _write_model_parquet(connection, model_layers, folder / "filters.parquet")
-    return _result(out, layers)
+    from filterdb.lake.write import sync_lake
+
+    del overwrite  # a lake is updated in place; kept for the one export signature
+    result = sync_lake(url=url, lake=out, models=models)
+    return ExportResult(
+        path=out if "://" in str(out) else Path(out),
+        n_models=result.n_models,
+        n_layers=result.n_layers,
+        n_filters=result.n_filters,
+    )
 
 
 # Layers with the model and training columns the exports need, in filter id order.
@@ -263,47 +229,6 @@ def _attributes(url: str | None, layers: pl.DataFrame) -> dict[str, str]:
     }
 
 
-def _write_model_parquet(connection: Connection, layers: pl.DataFrame, path: Path) -> None:
-    """One model's rows, layer by layer, gathered into row groups of bounded size."""
-    # BYTE_STREAM_SPLIT on the weights: about 18% smaller with zstd (PLATFORM.md, "At scale").
-    with pq.ParquetWriter(
-        path, PARQUET_SCHEMA, compression="zstd", use_byte_stream_split=list(WEIGHT_COLUMNS)
-    ) as writer:
-        pending: list[pa.Table] = []
-        shapes = layers.select("layer_id", "n_filters").iter_rows()
-        weights = iter_layer_filters(connection, shapes)
-        for layer, filters in zip(layers.iter_rows(named=True), weights, strict=True):
-            pending.append(_layer_table(layer, filters))
-            if sum(table.num_rows for table in pending) >= PARQUET_ROW_GROUP_ROWS:
-                writer.write_table(pa.concat_tables(pending), row_group_size=PARQUET_ROW_GROUP_ROWS)
-                pending = []
-        if pending:
-            writer.write_table(pa.concat_tables(pending), row_group_size=PARQUET_ROW_GROUP_ROWS)
-
-
-def _layer_table(layer: dict[str, object], filters: np.ndarray) -> pa.Table:
-    """One layer's ``v_filters`` rows (without model_id) as an Arrow table."""
-    n = len(filters)
-    index = np.arange(n, dtype=np.int32)
-    # Filters are out-channel major, C_in / groups per output channel (SPEC section 5), the
-    # same rule that wrote out_channel and in_channel at load (filterdb.warehouse.write).
-    per_out = layer["in_channels"] // layer["groups"]
-    weights = np.ascontiguousarray(filters.T)
-    columns = {
-        "filter_index": pa.array(index),
-        "out_channel": pa.array(index // per_out),
-        "in_channel": pa.array(index % per_out),
-        **{name: pa.array(weights[i]) for i, name in enumerate(WEIGHT_COLUMNS)},
-    }
-    arrays = [
-        columns[field.name]
-        if field.name in columns
-        else pa.repeat(pa.scalar(layer[field.name], field.type), n)
-        for field in PARQUET_SCHEMA
-    ]
-    return pa.Table.from_arrays(arrays, schema=PARQUET_SCHEMA)
-
-
 def _check_target(out: Path, *, overwrite: bool, directory: bool) -> None:
     """Refuse an ``out`` that exists (unless ``overwrite``) or that cannot be written."""
     if not out.parent.is_dir():
@@ -312,18 +237,8 @@ def _check_target(out: Path, *, overwrite: bool, directory: bool) -> None:
         return
     if not overwrite:
         raise FilterdbError(f"{out} exists; choose another --out or pass --overwrite")
-    if directory and not _is_parquet_export(out):
-        raise FilterdbError(
-            f"{out} is not a filterdb Parquet export; remove it yourself or choose another --out"
-        )
     if not directory and not out.is_file():
         raise FilterdbError(f"{out} is a directory; give a file path for HDF5")
-
-
-def _is_parquet_export(path: Path) -> bool:
-    return path.is_dir() and all(
-        child.is_dir() and _PARQUET_PARTITION.fullmatch(child.name) for child in path.iterdir()
-    )
 
 
 @contextmanager
