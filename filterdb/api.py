@@ -78,15 +78,22 @@ class FilterDB:
         name: str | None = None,
         arch: str | None = None,
         training: TrainingInfo | None = None,
+        fold_batchnorm: bool = False,
         device: str = "auto",
         force: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> IngestResult:
-        """Store every 3x3 filter of a torch checkpoint (``arch``: ``zoo:``, ``timm:``, ...)."""
+        """Store every 3x3 filter of a torch checkpoint (``arch``: ``zoo:``, ``timm:``, ...).
+
+        ``fold_batchnorm`` stores the weights as the papers' ONNX exports had them
+        (weights form ``bn_folded``, default name ``<stem>+bn_folded``); it needs ``arch``.
+        """
         from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 
-        candidate = checkpoint_candidate(Path(path), name=name, arch=arch, training=training)
+        candidate = checkpoint_candidate(
+            Path(path), name=name, arch=arch, training=training, fold_batchnorm=fold_batchnorm
+        )
         return ingest(candidate, url=self.url, device=device, force=force, on_progress=on_progress)
 
     def ingest_onnx(
@@ -113,6 +120,7 @@ class FilterDB:
         threat_model: str = "Linf",
         model_dir: Path | None = None,
         model_info: str | Path | None = None,
+        fold_batchnorm: bool = False,
         device: str = "auto",
         force: bool = False,
         on_progress: ProgressCallback | None = None,
@@ -131,6 +139,7 @@ class FilterDB:
             names=names,
             model_dir=model_dir or DEFAULT_MODEL_DIR,
             model_info=model_info,
+            fold_batchnorm=fold_batchnorm,
         )
         results, failures = ingest_all(
             selection.candidates,

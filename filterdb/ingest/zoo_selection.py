@@ -14,6 +14,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from filterdb.errors import CheckpointMissing, SourceError
+from filterdb.ingest.batchnorm import FOLDED_NAME_SUFFIX
 from filterdb.ingest.sources import robustbench as zoo_source
 from filterdb.ingest.sources.base import Candidate, files_sha256
 from filterdb.ingest.sources.leaderboard import LeaderboardEntry, read_entry
@@ -39,12 +40,14 @@ def zoo_selection(
     names: list[str] | None,
     model_dir: Path = DEFAULT_MODEL_DIR,
     model_info: str | Path | None = None,
+    fold_batchnorm: bool = False,
 ) -> ZooSelection:
     """Candidates for ``names`` (``None``: every zoo entry of dataset and threat model).
 
     A named entry whose checkpoint is missing raises :class:`CheckpointMissing`; with
     ``names=None`` missing entries are listed in ``missing`` and skipped. ``model_info``
     (directory or URL of RobustBench's ``model_info`` tree) adds leaderboard metadata.
+    ``fold_batchnorm`` stores the folded weights (:func:`zoo_source.zoo_candidate`).
     """
     if model_info is not None:
         require_model_info(model_info)
@@ -60,6 +63,7 @@ def zoo_selection(
                     threat_model=threat_model,
                     model_dir=model_dir,
                     leaderboard=entry,
+                    fold_batchnorm=fold_batchnorm,
                 )
             )
         except CheckpointMissing as error:
@@ -95,7 +99,9 @@ def sync_leaderboard(*, url: str | None = None, model_info: str | Path) -> SyncR
         # Read every file first (perhaps over the network), then write in one short
         # transaction: DuckDB has one writer per file (SPEC section 3).
         entries = {
-            model_id: read_entry(model_info, *name.split("/", 2)) for model_id, name in stored
+            # A folded model (name ending +bn_folded) has its entry's leaderboard file.
+            model_id: read_entry(model_info, *name.removesuffix(FOLDED_NAME_SUFFIX).split("/", 2))
+            for model_id, name in stored
         }
         with engine.begin() as connection:
             for model_id, entry in entries.items():

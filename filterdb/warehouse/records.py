@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# How a model's filters are stored (SPEC section 4, weights form): the checkpoint's tensors,
+# BatchNorm folded in as the TorchScript ONNX exporter does, or an ONNX file as it is.
+WEIGHTS_FORMS = ("raw", "bn_folded", "as_exported")
+
 
 @dataclass
 class TrainingInfo:
@@ -48,6 +52,8 @@ class ModelInfo:
     family: str | None = None
     n_parameters: int | None = None
     producer: str | None = None
+    # One of WEIGHTS_FORMS; part of the model's identity with the checkpoint's bytes.
+    weights_form: str = "raw"
     training: TrainingInfo = field(default_factory=TrainingInfo)
 
 
