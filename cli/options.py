@@ -22,3 +22,11 @@ FormatOption = Annotated[
 OutputOption = Annotated[
     Path | None, typer.Option("--output", "-o", help="Write to FILE instead of the terminal.")
 ]
+MixedFormsOption = Annotated[
+    bool,
+    typer.Option(
+        "--mixed-forms",
+        help="Compare models stored in different weights forms (raw, bn_folded, "
+        "as_exported) instead of refusing.",
+    ),
+]

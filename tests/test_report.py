@@ -353,7 +353,7 @@ def test_drift_series_uses_one_basis_for_all_bins(zoo_url, auto_report):
 
 
 def test_drift_without_a_basis_says_why(zoo_url, auto_report, monkeypatch):
-    def no_basis(_pairs):
+    def no_basis(_pairs, **_options):
         raise NoPCA("no PCA: the group has 5 non-sparse filters and a PCA needs at least 9")
 
     monkeypatch.setattr(comparison, "drift_series", no_basis)

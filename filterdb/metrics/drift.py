@@ -93,6 +93,9 @@ class DriftMatrix:
     nulls : dict of (i, j) to DriftNull
         For each pair i < j, the permutation null of its drift (empty when no null was
         asked for).
+    weights_form : str
+        The weights form of the filters compared, when the caller knows it (the kernel
+        does not look at it).
     """
 
     names: tuple[str, ...]
@@ -103,6 +106,7 @@ class DriftMatrix:
     lo: float
     hi: float
     nulls: dict[tuple[int, int], DriftNull] = field(default_factory=dict)
+    weights_form: str = ""
 
     @property
     def ratios(self) -> np.ndarray:
