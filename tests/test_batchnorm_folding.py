@@ -232,3 +232,22 @@ def test_folded_wideresnet_equals_its_torchscript_onnx_export(db_url, augmix_dir
     names = [c.name for c in trace_convs(model).convs if c.is_3x3]
     for ours, expected in zip(raw, raw_3x3_layers(state_dict, names), strict=True):
         assert ours.tobytes() == expected.tobytes()
+
+
+def test_cli_ingest_robustbench_folds_into_its_own_model(augmix_dir, duckdb_url):
+    from typer.testing import CliRunner
+
+    from filterdb.cli.main import app
+
+    model_dir, _ = augmix_dir
+    dataset, threat_model, name = AUGMIX
+    args = ["--db", duckdb_url, "ingest", "robustbench", "--dataset", dataset]
+    args += ["--threat-model", threat_model, "--model", name, "--model-dir", str(model_dir)]
+    args += ["--device", "cpu", "-q"]
+    runner = CliRunner()
+    folded = runner.invoke(app, [*args, "--fold-batchnorm"])
+    assert folded.exit_code == 0, folded.output
+    assert f"{dataset}/{threat_model}/{name}+bn_folded: ingested" in folded.output
+    raw = runner.invoke(app, args)
+    assert f"{dataset}/{threat_model}/{name}: ingested" in raw.output
+    assert weights_form(duckdb_url, f"{dataset}/{threat_model}/{name}") == "raw"
