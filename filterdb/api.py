@@ -232,11 +232,14 @@ class FilterDB:
 
         return pca_drift.pca_group(url=self.url, group=group, eps=eps)
 
-    def drift(self, by: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> DriftMatrix:
-        """KL drift matrix between groups: depth, training_type, architecture, model, ..."""
+    def drift(
+        self, by: str, *, eps: float = DEFAULT_SPARSITY_EPS, mixed_forms: bool = False
+    ) -> DriftMatrix:
+        """KL drift matrix between groups: depth, training_type, architecture, model, ...;
+        each cell beside its permutation null (``nulls``)."""
         from filterdb.analysis import pca_drift
 
-        return pca_drift.drift(url=self.url, by=by, eps=eps)
+        return pca_drift.drift(url=self.url, by=by, eps=eps, mixed_forms=mixed_forms)
 
     def report_robust_vs_normal(
         self,
@@ -244,6 +247,8 @@ class FilterDB:
         *,
         training_dataset: str | None = None,
         pairs_file: Path | None = None,
+        weights_form: str | None = None,
+        mixed_forms: bool = False,
     ) -> ReportResult:
         """Write the robust-vs-normal report (tables, plots, HTML) into ``out_dir``."""
         from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
@@ -253,13 +258,24 @@ class FilterDB:
             out_dir=Path(out_dir),
             training_dataset=training_dataset,
             pairs_file=pairs_file,
+            weights_form=weights_form,
+            mixed_forms=mixed_forms,
         )
 
-    def compare(self, model_a: str, model_b: str, *, out_dir: Path | None = None) -> Comparison:
+    def compare(
+        self,
+        model_a: str,
+        model_b: str,
+        *,
+        out_dir: Path | None = None,
+        mixed_forms: bool = False,
+    ) -> Comparison:
         """Two models side by side, layer by layer and per depth bin."""
         from filterdb.reports.compare import compare_models
 
-        return compare_models(model_a, model_b, url=self.url, out_dir=out_dir)
+        return compare_models(
+            model_a, model_b, url=self.url, out_dir=out_dir, mixed_forms=mixed_forms
+        )
 
     def export_hdf5(
         self, out: Path, *, models: list[str] | None = None, overwrite: bool = False
