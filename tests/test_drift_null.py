@@ -52,13 +52,30 @@ def test_clearly_different_distributions_are_not_within_noise(n):
     assert sum(flagged) >= 0.9 * TRIALS
 
 
+def full_size_null(first: np.ndarray, second: np.ndarray):
+    """The permutation null of two groups at their own sizes, never subsampled."""
+    basis, coefficients = fit_pca_with_coefficients(np.concatenate([first, second]))
+    lo, hi = float(coefficients.min()), float(coefficients.max())
+    return permutation_null(
+        coefficients[: len(first)],
+        coefficients[len(first) :],
+        lo=lo,
+        hi=hi,
+        ratios=basis.ratio,
+        max_filters=len(first) + len(second),
+    )
+
+
 def test_small_groups_drift_a_lot_under_no_difference():
     # Issue 12: two sets of 16 random-normal filters drift by about 21; 4,096 by about 0.05.
-    small = drift_series({"bin": one_distribution(0, 16, 16)}).nulls["bin"]
-    large = drift_series({"bin": one_distribution(0, 4096, 4096)}).nulls["bin"]
+    small = full_size_null(*one_distribution(0, 16, 16))
+    large = full_size_null(*one_distribution(0, 4096, 4096))
     assert 15 < small.median < 30
     assert 0.02 < large.median < 0.1
     assert small.low <= small.median <= small.high
+    # A subsample's null lies above the full groups' null: the p-value is conservative.
+    subsampled = drift_series({"bin": one_distribution(0, 4096, 4096)}).nulls["bin"]
+    assert subsampled.subsampled and subsampled.median > large.median
 
 
 def test_the_null_is_seeded_and_the_same_on_every_run():

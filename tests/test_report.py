@@ -424,6 +424,17 @@ def test_drift_without_a_basis_says_why(zoo_url, auto_report, monkeypatch):
     }
 
 
+def test_drift_without_nulls_leaves_the_null_columns_empty(zoo_url, auto_report, monkeypatch):
+    def without_null(pairs, **options):
+        return drift_series(pairs, **{**options, "n_permutations": 0})
+
+    monkeypatch.setattr(comparison, "drift_series", without_null)
+    drift = comparison.drift_by_depth(auto_report.pairing, url=zoo_url)
+    assert drift["drift"].to_list() == auto_report.drift["drift"].to_list()
+    assert drift["null_median"].is_nan().all() and drift["within_noise"].is_null().all()
+    assert set(drift["note"]) == {""}
+
+
 def test_every_drift_value_stands_beside_its_null(auto_report):
     drift = auto_report.drift
     for column in ("null_median", "null_low", "null_high", "p_value", "within_noise"):

@@ -350,7 +350,9 @@ def drift_by_depth(
     def note(label: str) -> str:
         if label not in values:
             return f"no drift: {reason}"
-        null = nulls[label]
+        null = nulls.get(label)
+        if null is None:  # no null asked for
+            return ""
         parts = ["within the noise"] if null.within_noise else []
         if null.subsampled:
             parts.append(f"null from a subsample of {null.sizes[0]:,} + {null.sizes[1]:,}")

@@ -216,7 +216,7 @@ def drift_null_frame(result: DriftMatrix) -> pl.DataFrame:
 
     Columns group_a, group_b, drift, null_median, null_low, null_high (5th and 95th
     percentiles), p_value, within_noise (p >= 0.05), null_size_a, null_size_b (the group
-    sizes the null was drawn for: a subsample above 8,192 filters a pair), n_permutations.
+    sizes the null was drawn for: a subsample above 2,048 filters a pair), n_permutations.
     """
     rows = [
         {

@@ -28,10 +28,10 @@ EMPTY_BIN_DENSITY = 2.0**-23
 NULL_PERMUTATIONS = 99  # p-values in steps of 1/100
 NULL_SEED = 0
 # Above this many filters in a pair, the null and the p-value come from a seeded subsample
-# of the pair of this size (proportional per group): 99 permutations of 4,096 filters take
-# about 30 ms, so the eleven bins of the 100-model report (7.6M filters) stay well inside
-# its 5 s (bench/report.py).
-NULL_MAX_FILTERS = 4_096
+# of the pair of this size (proportional per group). The report's budget decides it: 99
+# permutations of 4,096 filters took 85 ms a depth bin at load 6 on 2 cores, of 2,048
+# about half, for reports of 4-4.6 s against a 5 s target (bench/report.py).
+NULL_MAX_FILTERS = 2_048
 NOISE_LEVEL = 0.05  # a value whose permutation p-value is at least this is within the noise
 NULL_BAND = (5.0, 95.0)  # percentiles of the null shown as its band
 
