@@ -251,3 +251,19 @@ def test_cli_ingest_robustbench_folds_into_its_own_model(augmix_dir, duckdb_url)
     raw = runner.invoke(app, args)
     assert f"{dataset}/{threat_model}/{name}: ingested" in raw.output
     assert weights_form(duckdb_url, f"{dataset}/{threat_model}/{name}") == "raw"
+
+
+class _StandardisedConv(nn.Conv2d):
+    """Weight standardisation in forward (as timm's StdConv2d): the kernel is computed."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = (self.weight - self.weight.mean(dim=(1, 2, 3), keepdim=True)) * 2.0
+        return nn.functional.conv2d(x, weight, self.bias, self.stride, self.padding)
+
+
+def test_a_conv_that_computes_its_kernel_is_not_folded():
+    model = nn.Sequential(_StandardisedConv(3, 4, 3), nn.BatchNorm2d(4))
+    model = randomise_batchnorm(model, seed=6)
+    traced = trace_convs(model, input_shape=(1, 3, 8, 8), fold_batchnorm=True)
+    assert traced.n_folded == 0
+    assert torch.equal(traced.convs[0].weight, model[0].weight.detach())

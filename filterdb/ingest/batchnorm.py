@@ -36,8 +36,12 @@ def folding_batchnorm(module: nn.Module, conv_node: fx.Node) -> nn.Module | None
     The conv's output must have exactly one user, a ``call_module`` node of a BatchNorm
     (1d, 2d or 3d, subclasses too) that keeps running statistics: a BatchNorm without them
     normalises by batch statistics even in eval mode, and the exporter leaves it as it is
-    (measured). ``affine=False`` folds with gamma = 1, as the exporter does.
+    (measured). ``affine=False`` folds with gamma = 1, as the exporter does. A conv module
+    whose class replaces ``forward`` (timm's weight-standardised ``StdConv2d``) computes its
+    kernel in the graph, so the exporter has no stored weight to fold it into: not folded.
     """
+    if conv_node.op == "call_module" and not _stock_forward(module.get_submodule(conv_node.target)):
+        return None
     users = list(conv_node.users)
     if len(users) != 1 or users[0].op != "call_module":
         return None
@@ -47,6 +51,10 @@ def folding_batchnorm(module: nn.Module, conv_node: fx.Node) -> nn.Module | None
     if candidate.running_mean is None or candidate.running_var is None:
         return None
     return candidate
+
+
+def _stock_forward(conv: nn.Module) -> bool:
+    return type(conv).forward in (nn.Conv1d.forward, nn.Conv2d.forward, nn.Conv3d.forward)
 
 
 def fold_weight(weight: torch.Tensor, batchnorm: nn.Module) -> torch.Tensor:
