@@ -10,7 +10,7 @@ import polars as pl
 import typer
 
 from filterdb.analysis.groups import GROUPING_COLUMNS
-from filterdb.cli.options import FormatOption, database_url
+from filterdb.cli.options import FormatOption, MixedFormsOption, database_url
 from filterdb.cli.output import OutputFormat, emit_frame, err_console, one_line_errors
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
 
@@ -58,19 +58,28 @@ def drift(
     eps: EpsOption = DEFAULT_SPARSITY_EPS,
     fmt: FormatOption = OutputFormat.table,
     out: OutDirOption = None,
+    mixed_forms: MixedFormsOption = False,
 ) -> None:
-    """KL drift between every two groups, on one basis fitted on their union."""
+    """KL drift between every two groups, on one basis fitted on their union, each value
+    beside its seeded permutation null (drift_null.csv with --out)."""
     from filterdb.analysis import pca_drift as analysis
     from filterdb.reports import pca_drift as pca_drift_files
 
-    title = f"KL drift by {by}"
     with one_line_errors():
-        result = analysis.drift(url=database_url(context), by=by, eps=eps)
+        result = analysis.drift(url=database_url(context), by=by, eps=eps, mixed_forms=mixed_forms)
+        title = f"KL drift by {by} (weights {result.weights_form})"
         written = pca_drift_files.write_drift(result, out, title=title) if out else []
     frame = analysis.drift_frame(result)
-    if fmt is OutputFormat.table:  # people also want each group's size
+    if fmt is OutputFormat.table:  # people also want each group's size, and the noise
         frame = frame.insert_column(1, pl.Series("n_filters", result.n_filters))
     _emit(frame, analysis.drift_json(result), fmt, title=title)
+    if fmt is OutputFormat.table and result.nulls:
+        emit_frame(
+            analysis.drift_null_frame(result),
+            OutputFormat.table,
+            None,
+            title="each pair beside its permutation null (within_noise: p >= 0.05)",
+        )
     if result.skipped:
         err_console.print(f"skipped, no non-sparse filter: {', '.join(result.skipped)}")
     _report_written(written)

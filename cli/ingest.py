@@ -63,6 +63,15 @@ EpsOption = Annotated[str | None, typer.Option(help="Attack budget, e.g. 8/255 o
 CleanAccOption = Annotated[float | None, typer.Option(help="Clean accuracy in percent.")]
 RobustAccOption = Annotated[float | None, typer.Option(help="Robust accuracy in percent.")]
 PaperOption = Annotated[str | None, typer.Option(help="Link to the paper.")]
+FoldOption = Annotated[
+    bool,
+    typer.Option(
+        "--fold-batchnorm",
+        help="Fold each BatchNorm that consumes a conv's output into that conv, as the "
+        "TorchScript ONNX exporter does in eval mode (the papers' data); the model is "
+        "stored as NAME+bn_folded, weights form bn_folded.",
+    ),
+]
 
 
 def training_info(
@@ -108,6 +117,7 @@ def checkpoint(
     clean_acc: CleanAccOption = None,
     robust_acc: RobustAccOption = None,
     paper: PaperOption = None,
+    fold_batchnorm: FoldOption = False,
     device: DeviceOption = Device.auto,
     force: ForceOption = False,
     allow_nonfinite: NonfiniteOption = False,
@@ -121,7 +131,12 @@ def checkpoint(
             training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
         )
         candidate = checkpoint_source.checkpoint_candidate(
-            path, name=name, arch=arch, architecture=architecture, training=info
+            path,
+            name=name,
+            arch=arch,
+            architecture=architecture,
+            training=info,
+            fold_batchnorm=fold_batchnorm,
         )
     run_ingest(
         context,
@@ -257,6 +272,7 @@ def robustbench(
     ] = False,
     model_dir: ModelDirOption = DEFAULT_MODEL_DIR,
     model_info: ModelInfoOption = None,
+    fold_batchnorm: FoldOption = False,
     device: DeviceOption = Device.auto,
     force: ForceOption = False,
     allow_nonfinite: NonfiniteOption = False,
@@ -275,6 +291,7 @@ def robustbench(
             names=None if every else model,
             model_dir=model_dir,
             model_info=model_info,
+            fold_batchnorm=fold_batchnorm,
         )
     for name in selection.not_on_leaderboard:
         err_console.print(

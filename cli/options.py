@@ -40,3 +40,11 @@ LakeOption = Annotated[
         "first. Default: <db file>.lake beside a DuckDB file.",
     ),
 ]
+MixedFormsOption = Annotated[
+    bool,
+    typer.Option(
+        "--mixed-forms",
+        help="Compare models stored in different weights forms (raw, bn_folded, "
+        "as_exported) instead of refusing.",
+    ),
+]

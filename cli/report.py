@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from filterdb.cli.options import FormatOption, OutputOption, database_url
+from filterdb.cli.options import FormatOption, MixedFormsOption, OutputOption, database_url
 from filterdb.cli.output import (
     OutputFormat,
     console,
@@ -20,6 +20,14 @@ from filterdb.cli.output import (
 from filterdb.cli.progress import compute_progress
 
 app = typer.Typer()
+
+
+class WeightsForm(StrEnum):
+    raw = "raw"
+    bn_folded = "bn_folded"
+    as_exported = "as_exported"
+
+
 report_app = typer.Typer(
     help="Comparison reports: tables, plots and one HTML file.", no_args_is_help=True
 )
@@ -44,6 +52,11 @@ def robust_vs_normal(
     out: Annotated[Path, typer.Option("--out", help="Directory for the report files.")] = Path(
         "report"
     ),
+    weights_form: Annotated[
+        WeightsForm | None,
+        typer.Option("--weights-form", help="Only models stored in this form."),
+    ] = None,
+    mixed_forms: MixedFormsOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Robust vs normal models per metric and depth bin: tests, box plots, drift, HTML."""
@@ -55,12 +68,15 @@ def robust_vs_normal(
             out_dir=out,
             training_dataset=training_dataset,
             pairs_file=pairs,
+            weights_form=weights_form.value if weights_form else None,
+            mixed_forms=mixed_forms,
             on_progress=on_progress,
         )
     pairing = result.pairing
     console.print(
         f"{len(pairing.pairs)} pairs: {len(pairing.robust_models)} robust, "
-        f"{len(pairing.normal_models)} normal models; test: {result.statistics['test'][0]}"
+        f"{len(pairing.normal_models)} normal models; test: {result.statistics['test'][0]}; "
+        f"weights {result.weights_form}"
     )
     for label, names in (
         ("unpaired robust", pairing.unpaired_robust),
@@ -69,7 +85,7 @@ def robust_vs_normal(
     ):
         if names:
             console.print(f"{label}: {', '.join(names)}", markup=False, soft_wrap=True)
-    print_frame(result.summary, title="robust - normal (medians); p < 0.05 counted")
+    print_frame(result.summary, title="robust - normal (medians); Holm-adjusted p < 0.05 counted")
     console.print(f"report: {result.html}", markup=False, soft_wrap=True)
 
 
@@ -92,17 +108,21 @@ def compare(
     ] = CompareTable.bin,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
+    mixed_forms: MixedFormsOption = False,
 ) -> None:
     """Two models side by side: per depth bin (with A - B) or layer by layer."""
     from filterdb.reports.compare import compare_models
 
     with one_line_errors():
-        comparison = compare_models(model_a, model_b, url=database_url(context), out_dir=out)
+        comparison = compare_models(
+            model_a, model_b, url=database_url(context), out_dir=out, mixed_forms=mixed_forms
+        )
+        form = f"weights {comparison.weights_form}"
         if per is CompareTable.bin:
-            frame, title = comparison.bins, f"{model_a} vs {model_b} per depth bin"
+            frame, title = comparison.bins, f"{model_a} vs {model_b} per depth bin ({form})"
         else:
             frame = comparison.layers
-            title = f"{model_a} vs {model_b} per layer (joined on {comparison.joined_on})"
+            title = f"{model_a} vs {model_b} per layer (joined on {comparison.joined_on}; {form})"
         emit_frame(frame, fmt, output, title=title)
     if comparison.plot is not None:  # stderr: stdout may carry CSV or JSON
         err_console.print(f"plot: {comparison.plot}", markup=False, soft_wrap=True)

@@ -78,15 +78,22 @@ class FilterDB:
         name: str | None = None,
         arch: str | None = None,
         training: TrainingInfo | None = None,
+        fold_batchnorm: bool = False,
         device: str = "auto",
         force: bool = False,
         on_progress: ProgressCallback | None = None,
     ) -> IngestResult:
-        """Store every 3x3 filter of a torch checkpoint (``arch``: ``zoo:``, ``timm:``, ...)."""
+        """Store every 3x3 filter of a torch checkpoint (``arch``: ``zoo:``, ``timm:``, ...).
+
+        ``fold_batchnorm`` stores the weights as the papers' ONNX exports had them
+        (weights form ``bn_folded``, default name ``<stem>+bn_folded``); it needs ``arch``.
+        """
         from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 
-        candidate = checkpoint_candidate(Path(path), name=name, arch=arch, training=training)
+        candidate = checkpoint_candidate(
+            Path(path), name=name, arch=arch, training=training, fold_batchnorm=fold_batchnorm
+        )
         return ingest(candidate, url=self.url, device=device, force=force, on_progress=on_progress)
 
     def ingest_onnx(
@@ -113,6 +120,7 @@ class FilterDB:
         threat_model: str = "Linf",
         model_dir: Path | None = None,
         model_info: str | Path | None = None,
+        fold_batchnorm: bool = False,
         device: str = "auto",
         force: bool = False,
         on_progress: ProgressCallback | None = None,
@@ -131,6 +139,7 @@ class FilterDB:
             names=names,
             model_dir=model_dir or DEFAULT_MODEL_DIR,
             model_info=model_info,
+            fold_batchnorm=fold_batchnorm,
         )
         results, failures = ingest_all(
             selection.candidates,
@@ -247,11 +256,14 @@ class FilterDB:
 
         return pca_drift.pca_group(url=self.url, group=group, eps=eps)
 
-    def drift(self, by: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> DriftMatrix:
-        """KL drift matrix between groups: depth, training_type, architecture, model, ..."""
+    def drift(
+        self, by: str, *, eps: float = DEFAULT_SPARSITY_EPS, mixed_forms: bool = False
+    ) -> DriftMatrix:
+        """KL drift matrix between groups: depth, training_type, architecture, model, ...;
+        each cell beside its permutation null (``nulls``)."""
         from filterdb.analysis import pca_drift
 
-        return pca_drift.drift(url=self.url, by=by, eps=eps)
+        return pca_drift.drift(url=self.url, by=by, eps=eps, mixed_forms=mixed_forms)
 
     def report_robust_vs_normal(
         self,
@@ -259,6 +271,8 @@ class FilterDB:
         *,
         training_dataset: str | None = None,
         pairs_file: Path | None = None,
+        weights_form: str | None = None,
+        mixed_forms: bool = False,
     ) -> ReportResult:
         """Write the robust-vs-normal report (tables, plots, HTML) into ``out_dir``."""
         from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
@@ -268,13 +282,24 @@ class FilterDB:
             out_dir=Path(out_dir),
             training_dataset=training_dataset,
             pairs_file=pairs_file,
+            weights_form=weights_form,
+            mixed_forms=mixed_forms,
         )
 
-    def compare(self, model_a: str, model_b: str, *, out_dir: Path | None = None) -> Comparison:
+    def compare(
+        self,
+        model_a: str,
+        model_b: str,
+        *,
+        out_dir: Path | None = None,
+        mixed_forms: bool = False,
+    ) -> Comparison:
         """Two models side by side, layer by layer and per depth bin."""
         from filterdb.reports.compare import compare_models
 
-        return compare_models(model_a, model_b, url=self.url, out_dir=out_dir)
+        return compare_models(
+            model_a, model_b, url=self.url, out_dir=out_dir, mixed_forms=mixed_forms
+        )
 
     def export_hdf5(
         self, out: Path, *, models: list[str] | None = None, overwrite: bool = False

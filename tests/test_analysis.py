@@ -264,20 +264,33 @@ def test_drift_files_round_trip_bitwise(tmp_path, sample_results):
     _, result = sample_results
     assert result.skipped == ("zero",)
     written = pca_drift_files.write_drift(result, tmp_path, title="test")
-    assert [path.name for path in written] == ["drift.csv", "drift.json", "drift.png"]
-    header, rows = read_csv(written[0].read_text())
+    names = ["drift.csv", "drift_null.csv", "drift.json", "drift.png"]
+    assert [path.name for path in written] == names
+    csv_path, null_path, json_path, png_path = written
+    header, rows = read_csv(csv_path.read_text())
     assert header == ["", *result.names]
     assert [row[0] for row in rows] == list(result.names)
     matrix = [[float(cell) for cell in row[1:]] for row in rows]
     assert np.array_equal(bits(matrix), bits(result.matrix))
-    document = json.loads(written[1].read_text())
+    # Each pair beside its null, at full precision.
+    header, rows = read_csv(null_path.read_text())
+    assert header[:4] == ["group_a", "group_b", "drift", "null_median"]
+    pairs = sorted(result.nulls)
+    assert [(row[0], row[1]) for row in rows] == [
+        (result.names[i], result.names[j]) for i, j in pairs
+    ]
+    medians = [float(row[3]) for row in rows]
+    assert np.array_equal(bits(medians), bits([result.nulls[pair].median for pair in pairs]))
+    document = json.loads(json_path.read_text())
+    assert document["null"]["p_value"][0][0] is None  # the diagonal has no null
+    assert document["null"]["p_value"][0][1] == result.nulls[0, 1].p_value
     assert document["names"] == list(result.names)
     assert document["skipped"] == ["zero"]
     assert document["n_filters"] == [100, 120, 80]
     assert np.array_equal(bits(document["matrix"]), bits(result.matrix))
     assert np.array_equal(bits(document["ratios"]), bits(result.ratios))
     assert bits([document["lo"], document["hi"]]).tolist() == bits([result.lo, result.hi]).tolist()
-    assert_valid_png(written[2])
+    assert_valid_png(png_path)
 
 
 def test_output_dir_that_is_a_file_is_a_one_line_error(tmp_path, sample_results):

@@ -170,7 +170,10 @@ def test_demo_stores_both_models_paired_with_their_accuracies(quick_demo):
     for row in stored.iter_rows(named=True):
         assert row["clean_acc"] == pytest.approx(by_name[row["model_name"]]["clean_acc"])
         assert row["robust_acc"] == pytest.approx(by_name[row["model_name"]]["pgd_acc"])
-        assert row["threat_model"] == "Linf" and row["eps"] == pytest.approx(0.1)
+        if row["training_type"] == "adversarial":
+            assert row["threat_model"] == "Linf" and row["eps"] == pytest.approx(0.1)
+        else:  # normal training has no attack
+            assert row["threat_model"] is None and row["eps"] is None
         state = torch.load(out / f"{row['model_name']}.pt", weights_only=True)
         convs = [t for t in state.values() if t.dim() == 4]
         assert row["n_layers"] == len(convs) == 6

@@ -225,7 +225,16 @@ def test_figures_at_the_bounds_are_accepted(duckdb_url, tmp_path):
     path = tmp_path / "m.pt"
     torch.save({"conv.weight": torch.randn(4, 3, 3, 3)}, path)
     result = ingest_checkpoint(
-        duckdb_url, path, "--clean-acc", "100", "--robust-acc", "0", "--eps", "8/255"
+        duckdb_url,
+        path,
+        "--training",
+        "adversarial",
+        "--clean-acc",
+        "100",
+        "--robust-acc",
+        "0",
+        "--eps",
+        "8/255",
     )
     assert result.exit_code == 0, result.output
 

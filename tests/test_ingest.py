@@ -452,3 +452,26 @@ def test_the_same_bytes_stored_meanwhile_are_skipped(db_url, tmp_path, tiny_stat
     candidate.read = read_while_another_process_writes
     assert ingest(candidate, url=db_url).status == "skipped"
     assert table_counts(db_url)["model"] == 1
+
+
+@pytest.mark.parametrize("option", [["--threat-model", "Linf"], ["--eps", "8/255"]])
+def test_a_normal_model_takes_no_threat_model_or_eps(db_url, tmp_path, tiny_state_dict, option):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    args = ["--db", db_url, "ingest", "checkpoint", str(path), "--training", "normal", "-q"]
+    result = runner.invoke(app, [*args, *option])
+    assert result.exit_code == 1
+    assert "error: a normally trained model has no threat model or attack budget, but " in (
+        " ".join(result.output.split())
+    )
+    assert f"{option[0]} was given" in " ".join(result.output.split())
+    with engine_for(db_url) as engine, engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT COUNT(*) FROM model").scalar_one() == 0
+
+
+def test_fold_batchnorm_without_arch_is_refused_on_the_cli(db_url, tmp_path, tiny_state_dict):
+    path = save(tiny_state_dict, tmp_path / "tiny.pt")
+    result = runner.invoke(
+        app, ["--db", db_url, "ingest", "checkpoint", str(path), "--fold-batchnorm", "-q"]
+    )
+    assert result.exit_code == 1
+    assert "--fold-batchnorm needs the architecture" in " ".join(result.output.split())

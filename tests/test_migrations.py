@@ -149,6 +149,23 @@ def test_rows_survive_an_upgrade(empty_db_url):
     assert [tuple(row) for row in shown] == [("kept", 59.53, None)]
 
 
+def test_models_stored_before_0003_get_the_form_their_source_gave(empty_db_url):
+    migrate.upgrade("0002", url=empty_db_url)
+    with engine_for(empty_db_url) as engine, engine.begin() as connection:
+        for name, source in (("a", "checkpoint"), ("b", "onnx"), ("c", "robustbench")):
+            connection.exec_driver_sql(
+                "INSERT INTO model (name, source, checkpoint_sha256, max_conv_depth, "
+                f"ingested_at) VALUES ('{name}', '{source}', 'abc', 0, "
+                "TIMESTAMP '2026-01-01 00:00:00')"
+            )
+    migrate.upgrade(url=empty_db_url)
+    with engine_for(empty_db_url) as engine, engine.connect() as connection:
+        forms = connection.exec_driver_sql(
+            "SELECT model_name, weights_form FROM v_models ORDER BY model_name"
+        ).all()
+    assert [tuple(row) for row in forms] == [("a", "raw"), ("b", "as_exported"), ("c", "raw")]
+
+
 def test_revision_0001_keeps_the_views_it_shipped(empty_db_url):
     # Going up to 0001, and back down to it, gives the frozen views, not the current ones.
     def assert_frozen_views() -> None:
@@ -192,6 +209,7 @@ def test_an_unknown_revision_is_one_line(db_url):
 FROZEN_VIEW_HASHES = {
     "0001": "eb587a6996635d16dcdc9fcd178cd862cc9f1eb4829853d63933db3485d15d74",
     "0002": "6702bab7b7268ff946d9a0ff653c6c72f76ad9936c9f6dd1f05ea6f94a56b29e",
+    "0003": "9627ffa343721d02f037d4070f7121aea746a4e163caf3649de109ae22b4c781",
 }
 
 

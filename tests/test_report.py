@@ -13,9 +13,11 @@ import functools
 import itertools
 import math
 import re
+from fractions import Fraction
 
 import matplotlib.image
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from conftest import BACKENDS, fresh_postgres_database
@@ -25,7 +27,7 @@ from scipy import stats
 from test_layer_metrics import oracle
 from typer.testing import CliRunner
 
-from filterdb.analysis import comparison
+from filterdb.analysis import comparison, pca_drift
 from filterdb.analysis.comparison import (
     MAX_PERMUTATION_PAIRS,
     PAIRED_EFFECT,
@@ -33,6 +35,7 @@ from filterdb.analysis.comparison import (
     UNPAIRED_EFFECT,
     UNPAIRED_TEST,
     compare_samples,
+    holm,
 )
 from filterdb.cli.main import app
 from filterdb.errors import FilterdbError, NoPCA, PairingError
@@ -111,12 +114,9 @@ def test_paired_test_agrees_with_scipy_and_ranks(pairs):
     if not differences:
         assert math.isnan(result.p_value) and "all paired differences are 0" in result.note
         return
-    # scipy's default, but the normal approximation for tied |d| over 8 pairs (documented).
-    ties = len({abs(d) for d in differences}) < len(differences)
-    method = "asymptotic" if ties and len(differences) > MAX_PERMUTATION_PAIRS else "auto"
-    expected = stats.wilcoxon(
-        robust, normal, zero_method="wilcox", alternative="two-sided", method=method
-    )
+    # scipy's default: exact (or, with ties, a permutation test) up to 13 pairs.
+    assert len(differences) <= MAX_PERMUTATION_PAIRS
+    expected = stats.wilcoxon(robust, normal, zero_method="wilcox", alternative="two-sided")
     assert result.p_value == pytest.approx(expected.pvalue, rel=1e-12)
     # Rank-biserial from average ranks of |d|, computed by counting.
     sizes = [abs(d) for d in differences]
@@ -124,6 +124,66 @@ def test_paired_test_agrees_with_scipy_and_ranks(pairs):
     plus = sum(r for r, d in zip(ranks, differences, strict=True) if d > 0)
     minus = sum(r for r, d in zip(ranks, differences, strict=True) if d < 0)
     assert result.effect_size == pytest.approx((plus - minus) / (plus + minus), abs=1e-12)
+
+
+def signed_rank_p_by_hand(differences: list[int]) -> Fraction:
+    """Two-sided exact p of the signed-rank test, enumerating all 2^n sign patterns.
+
+    Midranks by counting, W+ in exact fractions; p = 2 min(P(W+ <= w), P(W+ >= w)), at
+    most 1. Written out here, independent of scipy and of filterdb.
+    """
+    sizes = [abs(d) for d in differences]
+    ranks = [
+        Fraction(sum(s < x for s in sizes)) + Fraction(sum(s == x for s in sizes) + 1, 2)
+        for x in sizes
+    ]
+    observed = sum((r for r, d in zip(ranks, differences, strict=True) if d > 0), Fraction(0))
+    n = len(ranks)
+    at_most = at_least = 0
+    for pattern in range(2**n):
+        plus = sum((ranks[i] for i in range(n) if pattern >> i & 1), Fraction(0))
+        at_most += plus <= observed
+        at_least += plus >= observed
+    return min(Fraction(1), 2 * Fraction(min(at_most, at_least), 2**n))
+
+
+TIED_DIFFERENCES = {
+    9: [1, 1, 2, 2, -2, 3, 3, 4, -1],
+    10: [2, 2, 2, -1, 1, 3, 3, 5, 5, 4],
+    11: [1, -1, 1, 2, 2, 2, 3, -3, 4, 4, 6],
+    12: [3, 3, 3, 3, -1, 1, 2, 2, 5, 5, -5, 6],
+    13: [1, 1, 1, 2, 2, -2, 3, 3, 3, 4, 4, -4, 7],
+}
+
+
+@pytest.mark.parametrize("n", sorted(TIED_DIFFERENCES))
+def test_tied_pairs_get_the_exact_p_derived_by_hand(n):
+    differences = TIED_DIFFERENCES[n]
+    assert len(differences) == n and len({abs(d) for d in differences}) < n  # tied
+    normal = [10.0] * n
+    robust = [10.0 + d for d in differences]
+    result = compare_samples(robust, normal, paired=True)
+    assert result.p_value == pytest.approx(float(signed_rank_p_by_hand(differences)), rel=1e-12)
+    assert result.min_p == 2 / 2**n
+
+
+@pytest.mark.parametrize(("n_pairs", "min_p"), [(1, 1.0), (2, 0.5), (5, 0.0625), (6, 0.03125)])
+def test_the_smallest_reachable_p_is_two_over_two_to_the_n(n_pairs, min_p):
+    robust = [float(i + 2) for i in range(n_pairs)]
+    normal = [float(i) for i in range(n_pairs)]
+    result = compare_samples(robust, normal, paired=True)
+    assert result.min_p == min_p
+    # Every difference positive: the most extreme outcome, so p is the smallest p itself.
+    assert result.p_value == pytest.approx(min_p, rel=1e-12)
+    assert result.can_reject == (min_p < 0.05)
+
+
+def test_holm_by_hand():
+    # m = 3 defined p-values: 0.01 * 3 = 0.03; 0.03 * 2 = 0.06; max(0.06, 0.04 * 1) = 0.06.
+    adjusted = holm([0.01, 0.04, math.nan, 0.03])
+    assert adjusted[0] == pytest.approx(0.03) and math.isnan(adjusted[2])
+    assert adjusted[1] == pytest.approx(0.06) and adjusted[3] == pytest.approx(0.06)
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
 
 
 @pytest.mark.parametrize(
@@ -353,7 +413,7 @@ def test_drift_series_uses_one_basis_for_all_bins(zoo_url, auto_report):
 
 
 def test_drift_without_a_basis_says_why(zoo_url, auto_report, monkeypatch):
-    def no_basis(_pairs):
+    def no_basis(_pairs, **_options):
         raise NoPCA("no PCA: the group has 5 non-sparse filters and a PCA needs at least 9")
 
     monkeypatch.setattr(comparison, "drift_series", no_basis)
@@ -362,6 +422,105 @@ def test_drift_without_a_basis_says_why(zoo_url, auto_report, monkeypatch):
     assert set(drift["note"]) == {
         "no drift: no PCA: the group has 5 non-sparse filters" + " and a PCA needs at least 9"
     }
+
+
+def test_drift_without_nulls_leaves_the_null_columns_empty(zoo_url, auto_report, monkeypatch):
+    def without_null(pairs, **options):
+        return drift_series(pairs, **{**options, "n_permutations": 0})
+
+    monkeypatch.setattr(comparison, "drift_series", without_null)
+    drift = comparison.drift_by_depth(auto_report.pairing, url=zoo_url)
+    assert drift["drift"].to_list() == auto_report.drift["drift"].to_list()
+    assert drift["null_median"].is_nan().all() and drift["within_noise"].is_null().all()
+    assert set(drift["note"]) == {""}
+
+
+def test_every_drift_value_stands_beside_its_null(auto_report):
+    drift = auto_report.drift
+    for column in ("null_median", "null_low", "null_high", "p_value", "within_noise"):
+        assert drift[column].null_count() == 0, column
+    assert (drift["null_low"] <= drift["null_median"]).all()
+    assert (drift["null_median"] <= drift["null_high"]).all()
+    assert ((drift["p_value"] > 0) & (drift["p_value"] <= 1)).all()
+    assert drift["within_noise"].to_list() == (drift["p_value"] >= 0.05).to_list()
+    flagged = drift.filter(pl.col("within_noise"))["note"].to_list()
+    assert all("within the noise" in note for note in flagged)
+    with auto_report.drift_csv.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(r["null_median"]) for r in rows] == drift["null_median"].to_list()
+    assert [float(r["p_value"]) for r in rows] == drift["p_value"].to_list()
+
+
+def test_report_states_its_weights_form_and_its_corrections(auto_report):
+    assert auto_report.weights_form == "raw"
+    markdown = auto_report.summary_md.read_text(encoding="utf-8")
+    assert markdown.startswith("# Robust vs normal filters by depth (weights: raw)")
+    assert "- weights form: raw (the checkpoints' own tensors)" in markdown
+    assert "Holm-adjusted" in markdown and "2/2^n" in markdown and "within_noise" in markdown
+    page = auto_report.html.read_text(encoding="utf-8")
+    assert "(weights: raw)</h1>" in page
+    statistics = auto_report.statistics.filter(pl.col("p_value").is_not_nan())
+    assert (statistics["p_holm"] >= statistics["p_value"] - 1e-15).all()
+    # Three unpaired models a side (Mann-Whitney): the smallest p is 2 / C(6, 3) = 0.1.
+    assert set(statistics["min_p"]) == {0.1}
+    assert all("cannot reach p < 0.05" in note for note in statistics["note"])
+
+
+@pytest.fixture
+def two_forms(zoo_url):
+    """r1 and n1 stored as bn_folded (by hand), the other pairs raw; put back afterwards."""
+
+    def set_form(form: str) -> None:
+        with engine_for(zoo_url) as engine, engine.begin() as connection:
+            connection.exec_driver_sql(
+                f"UPDATE model SET weights_form = '{form}' WHERE name IN ('r1', 'n1')"
+            )
+
+    set_form("bn_folded")
+    try:
+        yield zoo_url
+    finally:
+        set_form("raw")
+
+
+def test_reports_refuse_to_mix_weights_forms_unless_told(two_forms, tmp_path):
+    url = two_forms
+    message = r"mixes weights forms \(bn_folded: 2, raw: 4 models\).*--mixed-forms"
+    with pytest.raises(FilterdbError, match=message):
+        write_robust_vs_normal_report(url=url, out_dir=tmp_path / "a", training_dataset="toy")
+    assert not (tmp_path / "a").exists()
+    mixed = write_robust_vs_normal_report(
+        url=url, out_dir=tmp_path / "b", training_dataset="toy", mixed_forms=True
+    )
+    assert mixed.weights_form == "mixed (bn_folded: 2, raw: 4)"
+    assert "(weights: mixed (bn_folded: 2, raw: 4))" in mixed.summary_md.read_text()
+    # Pairs stay within a form: r1 pairs with n1 only.
+    assert {p.normal for p in mixed.pairing.pairs if p.robust == "r1"} == {"n1"}
+    one_form = write_robust_vs_normal_report(
+        url=url, out_dir=tmp_path / "c", training_dataset="toy", weights_form="raw"
+    )
+    assert one_form.weights_form == "raw" and "r1" not in one_form.pairing.robust_models
+    with pytest.raises(FilterdbError, match="r1 vs r2 mixes weights forms"):
+        compare_models("r1", "r2", url=url)
+    assert compare_models("r1", "r2", url=url, mixed_forms=True).weights_form.startswith("mixed")
+    assert compare_models("r1", "n1", url=url).weights_form == "bn_folded"
+    with pytest.raises(FilterdbError, match="drift by training_type mixes weights forms"):
+        pca_drift.drift(url=url, by="training_type")
+    assert pca_drift.drift(url=url, by="training_type", mixed_forms=True).weights_form == (
+        "mixed (bn_folded: 2, raw: 7)"
+    )
+
+
+def test_cli_mixed_forms(two_forms, tmp_path):
+    args = ["--db", two_forms, "report", "robust-vs-normal", "--training-dataset", "toy", "-q"]
+    refused = runner.invoke(app, [*args, "--out", str(tmp_path / "a")])
+    assert refused.exit_code == 1
+    assert refused.output.startswith("error: the robust/normal pairs mixes weights forms")
+    allowed = runner.invoke(app, [*args, "--out", str(tmp_path / "b"), "--mixed-forms"])
+    assert allowed.exit_code == 0, allowed.output
+    assert "weights mixed (bn_folded: 2, raw: 4)" in " ".join(allowed.output.split())
+    compare = runner.invoke(app, ["--db", two_forms, "compare", "r1", "r2", "--mixed-forms"])
+    assert compare.exit_code == 0 and "weights mixed" in " ".join(compare.output.split())
 
 
 def test_pairs_file_one_to_one_uses_the_paired_test(zoo_url, tmp_path):

@@ -175,3 +175,22 @@ def test_leaderboard_sync_fills_models_ingested_without_it(duckdb_url, model_dir
     with engine_for(duckdb_url) as engine, engine.connect() as connection:
         after = read_frame(connection, "SELECT clean_acc, training_type FROM v_models").row(0)
     assert after[0] is not None and after[1] == "adversarial"
+
+
+def test_leaderboard_sync_fills_a_folded_model_from_its_entry(duckdb_url, model_dir, shared_data):
+    dataset, threat, name = ENTRY
+    options = ["--dataset", dataset, "--threat-model", threat, "--model", name]
+    ingested = ingest_zoo(duckdb_url, *options, "--model-dir", model_dir, "--fold-batchnorm", "-q")
+    assert f"{dataset}/{threat}/{name}+bn_folded: ingested" in ingested.output
+    result = invoke(
+        "--db",
+        duckdb_url,
+        "leaderboard",
+        "sync",
+        "--model-info",
+        shared_data / "robustbench_model_info",
+    )
+    assert result.exit_code == 0 and "updated 1 models" in result.output
+    with engine_for(duckdb_url) as engine, engine.connect() as connection:
+        row = read_frame(connection, "SELECT clean_acc, weights_form FROM v_models").row(0)
+    assert row[0] is not None and row[1] == "bn_folded"

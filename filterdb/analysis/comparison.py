@@ -9,6 +9,7 @@ pooled robust against pooled normal filters per depth bin, on one PCA basis for 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,7 @@ from scipy import stats
 from filterdb.analysis.groups import scaled_filters_by, stored_layers
 from filterdb.analysis.pairing import Pairing
 from filterdb.errors import NoPCA
-from filterdb.metrics.drift import drift_series
+from filterdb.metrics.drift import NULL_SEED, drift_series
 from filterdb.metrics.pca import N_WEIGHTS
 from filterdb.metrics.registry import POOLED_METRICS
 
@@ -29,12 +30,13 @@ UNPAIRED_TEST = "Mann-Whitney U"
 PAIRED_EFFECT = "rank-biserial (matched pairs)"
 UNPAIRED_EFFECT = "Cliff's delta"
 SIGNIFICANCE_LEVEL = 0.05
-# With ties among |differences| scipy's "auto" runs an exhaustive permutation test up to 13
-# pairs: 2^n sign flips, 0.47 s a call at 13 and 0.016 s at 8 (measured here, 2 busy
-# cores), and a report runs 88 tests. Above this many pairs with ties, use the normal
-# approximation with tie correction, which "auto" itself uses above 13.
-MAX_PERMUTATION_PAIRS = 8
+# With ties among |differences| the signed-rank test is exact over all 2^n sign flips up to
+# 13 pairs, as scipy's "auto" is; above, the normal approximation with tie correction, as
+# "auto" takes there. scipy's permutation_test needs 0.47 s at 13 pairs (a report runs 88
+# tests), so the enumeration is done here, vectorised: 8,192 x 13 ranks.
+MAX_PERMUTATION_PAIRS = 13
 ROLES = ("robust", "normal")
+HOLM_NOTE = "Holm over the metric's depth bins"
 
 STATISTICS_SCHEMA = {
     "metric": pl.String,
@@ -55,6 +57,8 @@ STATISTICS_SCHEMA = {
     "n_test": pl.Int64,
     "statistic": pl.Float64,
     "p_value": pl.Float64,
+    "p_holm": pl.Float64,
+    "min_p": pl.Float64,
     "note": pl.String,
 }
 
@@ -76,6 +80,14 @@ class SampleComparison:
     effect_size_name: str
     effect_size: float
     note: str = ""
+    # The smallest two-sided p-value the test can give for samples of these sizes: with n
+    # matched pairs, 2 / 2^n (one pair: 1; five pairs: 0.0625). NaN when undefined.
+    min_p: float = math.nan
+
+    @property
+    def can_reject(self) -> bool:
+        """False when no outcome of samples this small reaches p < 0.05."""
+        return not self.min_p >= SIGNIFICANCE_LEVEL
 
 
 def compare_samples(
@@ -89,9 +101,10 @@ def compare_samples(
     Unpaired: Mann-Whitney U test (U of the robust sample) and Cliff's delta, the share
     of (robust, normal) pairs where robust is larger minus the share where it is smaller.
     Both use scipy's default method (exact for small samples, else the normal
-    approximation), except that a paired sample with tied |differences| over
-    :data:`MAX_PERMUTATION_PAIRS` pairs takes the normal approximation with tie correction
-    rather than an exhaustive permutation test. Every result is deterministic.
+    approximation); a paired sample with tied |differences| and at most
+    :data:`MAX_PERMUTATION_PAIRS` pairs gets the exact p-value over all sign flips,
+    computed here (what scipy's "auto" does, faster). Every result is deterministic.
+    ``min_p`` is the smallest p-value the test could give for samples of these sizes.
 
     Values must be finite. An undefined test (an empty side, or no non-zero paired
     difference) gives NaN with the reason in ``note``, not an exception.
@@ -112,18 +125,39 @@ def _wilcoxon(differences: np.ndarray) -> SampleComparison:
         reason = "no pair has values on both sides" if n == 0 else "all paired differences are 0"
         return _undefined(PAIRED_TEST, PAIRED_EFFECT, n, reason)
     ties = len(np.unique(np.abs(nonzero))) < len(nonzero)
-    method = "asymptotic" if ties and len(nonzero) > MAX_PERMUTATION_PAIRS else "auto"
-    result = stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided", method=method)
     ranks = stats.rankdata(np.abs(nonzero))
     positive, negative = ranks[nonzero > 0].sum(), ranks[nonzero < 0].sum()
+    if ties and len(nonzero) <= MAX_PERMUTATION_PAIRS:
+        statistic, p_value = min(positive, negative), _signed_rank_exact_p(ranks, positive)
+    else:
+        method = "asymptotic" if ties else "auto"
+        result = stats.wilcoxon(
+            nonzero, zero_method="wilcox", alternative="two-sided", method=method
+        )
+        statistic, p_value = result.statistic, result.pvalue
     return SampleComparison(
         test=PAIRED_TEST,
         n=n,
-        statistic=float(result.statistic),
-        p_value=float(result.pvalue),
+        statistic=float(statistic),
+        p_value=float(p_value),
         effect_size_name=PAIRED_EFFECT,
         effect_size=float((positive - negative) / (positive + negative)),
+        min_p=min(1.0, 2.0 / 2.0 ** len(nonzero)),
     )
+
+
+def _signed_rank_exact_p(ranks: np.ndarray, positive: float) -> float:
+    """Two-sided p of W+ = ``positive`` over all 2^n sign assignments of ``ranks``.
+
+    p = 2 min(P(W+ <= w), P(W+ >= w)), at most 1, as scipy's permutation test takes it;
+    W+ values within a relative 1e-14 of w count as equal (midranks are halves).
+    """
+    signs = np.array(list(itertools.product((0.0, 1.0), repeat=len(ranks))))
+    totals = signs @ ranks
+    tolerance = 1e-14 * max(1.0, abs(positive))
+    less = np.mean(totals <= positive + tolerance)
+    greater = np.mean(totals >= positive - tolerance)
+    return float(min(1.0, 2.0 * min(less, greater)))
 
 
 def _mann_whitney(robust: np.ndarray, normal: np.ndarray) -> SampleComparison:
@@ -139,6 +173,8 @@ def _mann_whitney(robust: np.ndarray, normal: np.ndarray) -> SampleComparison:
         p_value=float(result.pvalue),
         effect_size_name=UNPAIRED_EFFECT,
         effect_size=float(np.sign(robust[:, None] - normal[None, :]).mean()),
+        # The most extreme of the C(n, n_robust) equally likely rankings, both tails.
+        min_p=min(1.0, 2.0 / math.comb(n, len(robust))),
     )
 
 
@@ -155,6 +191,10 @@ def robust_vs_normal_statistics(profile: pl.DataFrame, pairing: Pairing) -> pl.D
     over the pairs with a value on both sides), else unpaired (Mann-Whitney U over the
     distinct models). Quartiles use linear interpolation (numpy's default). Every bin that
     holds a paired model's layer gets a row per metric, even with no value to test.
+    A metric is tested in up to eleven bins: ``p_holm`` is the Holm-adjusted p-value over
+    the metric's tested bins (:func:`holm`), the one stars and counts use. ``min_p`` is
+    the smallest p the test could reach at that bin's sample sizes; where it is at least
+    0.05 the note says the test cannot show a difference, whatever the values.
     Columns as :data:`STATISTICS_SCHEMA`, ordered by metric, then depth bin.
     """
     values = role_values(profile, pairing)
@@ -166,6 +206,7 @@ def robust_vs_normal_statistics(profile: pl.DataFrame, pairing: Pairing) -> pl.D
     bins = profile.select("depth_bin_index", "depth_bin").unique().sort("depth_bin_index")
     rows = []
     for metric in POOLED_METRICS:
+        metric_rows = []
         for index, label in bins.iter_rows():
             of_model = by_key.get((metric, index), {})
             robust = [of_model[m] for m in pairing.robust_models if m in of_model]
@@ -182,7 +223,14 @@ def robust_vs_normal_statistics(profile: pl.DataFrame, pairing: Pairing) -> pl.D
             else:
                 test = compare_samples(robust, normal, paired=False)
             robust_q, normal_q = _quartiles(robust), _quartiles(normal)
-            rows.append(
+            note = test.note
+            if not note and not test.can_reject:
+                note = (
+                    f"cannot reach p < {SIGNIFICANCE_LEVEL:g}: the smallest p with "
+                    f"{test.n} {'pairs' if test.test == PAIRED_TEST else 'models'} is "
+                    f"{test.min_p:.3g}"
+                )
+            metric_rows.append(
                 {
                     "metric": metric,
                     "depth_bin_index": index,
@@ -202,10 +250,29 @@ def robust_vs_normal_statistics(profile: pl.DataFrame, pairing: Pairing) -> pl.D
                     "n_test": test.n,
                     "statistic": test.statistic,
                     "p_value": test.p_value,
-                    "note": test.note,
+                    "min_p": test.min_p,
+                    "note": note,
                 }
             )
+        adjusted = holm([row["p_value"] for row in metric_rows])
+        rows += [row | {"p_holm": p} for row, p in zip(metric_rows, adjusted, strict=True)]
     return pl.DataFrame(rows, schema=STATISTICS_SCHEMA)
+
+
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of ``p_values`` (NaN stays NaN and is not counted).
+
+    With m defined p-values sorted ascending, the i-th (1-based) becomes
+    max over j <= i of min(1, (m - j + 1) p_(j)): the family-wise error rate over the m
+    tests is then at most the level, whatever their dependence.
+    """
+    adjusted = [math.nan] * len(p_values)
+    defined = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    m, running = len(defined), 0.0
+    for rank, (p, i) in enumerate(defined):
+        running = max(running, min(1.0, (m - rank) * p))
+        adjusted[i] = running
+    return adjusted
 
 
 def _quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -236,14 +303,20 @@ def role_values(profile: pl.DataFrame, pairing: Pairing) -> pl.DataFrame:
     )
 
 
-def drift_by_depth(pairing: Pairing, *, url: str | None = None) -> pl.DataFrame:
+def drift_by_depth(
+    pairing: Pairing, *, url: str | None = None, seed: int = NULL_SEED
+) -> pl.DataFrame:
     """The paper's drift series: pooled robust vs pooled normal filters per depth bin.
 
     One basis and one coefficient range for the whole series, fitted on every filter of
     the paired models at every depth (SPEC section 5, :func:`drift_series`). Returns
-    depth_bin_index, depth_bin, drift, n_robust_filters, n_normal_filters and note: drift
-    is NaN, and note says why, where a side has no non-sparse filter or where the union
-    is too small for a PCA.
+    depth_bin_index, depth_bin, drift, n_robust_filters, n_normal_filters, then the
+    bin's noise reference (:func:`filterdb.metrics.drift.permutation_null`, seeded by
+    ``seed``): null_median, null_low and null_high (5th and 95th percentiles of the
+    permutation drifts), p_value, within_noise (p >= 0.05: groups of these sizes from
+    one distribution drift this much), and note. Drift and the null are NaN, and note
+    says why, where a side has no non-sparse filter or where the union is too small for
+    a PCA; note also says where the null came from a subsample.
     """
     role = dict.fromkeys(pairing.robust_models, "robust") | dict.fromkeys(
         pairing.normal_models, "normal"
@@ -260,29 +333,50 @@ def drift_by_depth(pairing: Pairing, *, url: str | None = None) -> pl.DataFrame:
         for label in bins["depth_bin"]
     }
     try:
-        values, reason = drift_series(sides).values, "a side has no non-sparse filter"
+        series = drift_series(sides, seed=seed)
+        values, nulls, reason = series.values, series.nulls, "a side has no non-sparse filter"
     except NoPCA as error:
-        values, reason = {}, str(error)
-    frame = bins.with_columns(
-        pl.col("depth_bin")
-        .replace_strict(values, default=math.nan, return_dtype=pl.Float64)
-        .alias("drift"),
-        pl.Series("n_robust_filters", [len(sides[b][0]) for b in bins["depth_bin"]], pl.Int64),
-        pl.Series("n_normal_filters", [len(sides[b][1]) for b in bins["depth_bin"]], pl.Int64),
+        values, nulls, reason = {}, {}, str(error)
+    labels = bins["depth_bin"].to_list()
+
+    def null_column(name: str, attribute: str, dtype: pl.DataType) -> pl.Series:
+        missing = None if dtype == pl.Boolean else math.nan
+        return pl.Series(
+            name,
+            [getattr(nulls[b], attribute) if b in nulls else missing for b in labels],
+            dtype,
+        )
+
+    def note(label: str) -> str:
+        if label not in values:
+            return f"no drift: {reason}"
+        null = nulls.get(label)
+        if null is None:  # no null asked for
+            return ""
+        parts = ["within the noise"] if null.within_noise else []
+        if null.subsampled:
+            parts.append(f"null from a subsample of {null.sizes[0]:,} + {null.sizes[1]:,}")
+        return "; ".join(parts)
+
+    return bins.with_columns(
+        pl.Series("drift", [values.get(b, math.nan) for b in labels], pl.Float64),
+        pl.Series("n_robust_filters", [len(sides[b][0]) for b in labels], pl.Int64),
+        pl.Series("n_normal_filters", [len(sides[b][1]) for b in labels], pl.Int64),
+        null_column("null_median", "median", pl.Float64),
+        null_column("null_low", "low", pl.Float64),
+        null_column("null_high", "high", pl.Float64),
+        null_column("p_value", "p_value", pl.Float64),
+        null_column("within_noise", "within_noise", pl.Boolean),
+        pl.Series("note", [note(b) for b in labels], pl.String),
     )
-    frame = frame.with_columns(
-        pl.when(pl.col("drift").is_nan())
-        .then(pl.lit(f"no drift: {reason}"))
-        .otherwise(pl.lit(""))
-        .alias("note")
-    )
-    return frame
 
 
 def summarise(statistics: pl.DataFrame) -> pl.DataFrame:
-    """Per metric, for the terminal: bins tested, bins with p < 0.05, first and deepest bin.
+    """Per metric, for the terminal: bins tested, bins with Holm-adjusted p < 0.05, first
+    and deepest bin.
 
-    The ``*_difference`` columns are differences of medians, robust - normal.
+    The ``*_difference`` columns are differences of medians, robust - normal; the
+    ``*_p_holm`` columns Holm-adjusted p-values over the metric's bins.
     """
     rows = []
     for metric in POOLED_METRICS:
@@ -293,12 +387,12 @@ def summarise(statistics: pl.DataFrame) -> pl.DataFrame:
             {
                 "metric": metric,
                 "bins": rows_of.height,
-                "significant": rows_of.filter(pl.col("p_value") < SIGNIFICANCE_LEVEL).height,
+                "significant": rows_of.filter(pl.col("p_holm") < SIGNIFICANCE_LEVEL).height,
                 "first_difference": _cell(first, "median_difference"),
-                "first_p": _cell(first, "p_value"),
+                "first_p_holm": _cell(first, "p_holm"),
                 "deepest_bin": _cell(deepest, "depth_bin"),
                 "deepest_difference": _cell(deepest, "median_difference"),
-                "deepest_p": _cell(deepest, "p_value"),
+                "deepest_p_holm": _cell(deepest, "p_holm"),
             }
         )
     return pl.DataFrame(
@@ -308,10 +402,10 @@ def summarise(statistics: pl.DataFrame) -> pl.DataFrame:
             "bins": pl.Int64,
             "significant": pl.Int64,
             "first_difference": pl.Float64,
-            "first_p": pl.Float64,
+            "first_p_holm": pl.Float64,
             "deepest_bin": pl.String,
             "deepest_difference": pl.Float64,
-            "deepest_p": pl.Float64,
+            "deepest_p_holm": pl.Float64,
         },
     )
 

@@ -8,7 +8,7 @@ section 5). Filters are read layer by layer and only the scaled non-sparse ones 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import polars as pl
@@ -39,6 +39,36 @@ def stored_layers(*, url: str | None = None) -> pl.DataFrame:
         require_head(engine)
         with engine.connect() as connection:
             return read_frame(connection, "SELECT * FROM v_layers ORDER BY model_name, conv_index")
+
+
+def compared_weights_form(
+    forms: Mapping[str, str | None], *, mixed_forms: bool = False, what: str = "the comparison"
+) -> str:
+    """The one weights form of the compared models (``raw``, ``bn_folded``, ``as_exported``).
+
+    ``forms`` maps each compared model to its form. Folded and raw filters of one network
+    differ by up to 1.6 times the layer max (PLATFORM.md), so a comparison across forms
+    measures the folding as much as the training: it is refused unless ``mixed_forms``,
+    and then the form reads ``mixed (raw: 2, bn_folded: 3)``.
+
+    Raises
+    ------
+    FilterdbError
+        The models hold more than one form and ``mixed_forms`` is false.
+    """
+    counts: dict[str, int] = {}
+    for form in forms.values():
+        counts[form or "unknown"] = counts.get(form or "unknown", 0) + 1
+    if len(counts) <= 1:
+        return next(iter(counts), "none")
+    listed = ", ".join(f"{form}: {n}" for form, n in sorted(counts.items()))
+    if not mixed_forms:
+        raise FilterdbError(
+            f"{what} mixes weights forms ({listed} models); compare one form (ingest the "
+            "others again with or without --fold-batchnorm, or choose with --weights-form), "
+            "or pass --mixed-forms to compare them anyway"
+        )
+    return f"mixed ({listed})"
 
 
 def select_layers(layers: pl.DataFrame, group: str) -> pl.DataFrame:

@@ -93,11 +93,14 @@ def find_pairs(
     url: str | None = None,
     training_dataset: str | None = None,
     pairs_file: Path | None = None,
+    weights_form: str | None = None,
 ) -> Pairing:
     """Pair the stored models automatically, or as ``pairs_file`` says.
 
-    ``training_dataset`` keeps only pairs (and unpaired models) of that dataset. The
-    result may hold no pair; the caller decides whether that is an error.
+    ``training_dataset`` keeps only pairs (and unpaired models) of that dataset,
+    ``weights_form`` only models stored in that form (``raw``, ``bn_folded``,
+    ``as_exported``). The result may hold no pair; the caller decides whether that is an
+    error.
 
     Raises
     ------
@@ -105,6 +108,8 @@ def find_pairs(
         ``pairs_file`` is missing, not a CSV, or lacks the Robust and Normal columns.
     """
     models = stored_models(url=url)
+    if weights_form is not None:
+        models = models.filter(pl.col("weights_form") == weights_form)
     if pairs_file is None:
         return pair_models(models, training_dataset=training_dataset)
     return pairs_from_file(pairs_file, models, training_dataset=training_dataset)
@@ -114,15 +119,20 @@ def pair_models(models: pl.DataFrame, *, training_dataset: str | None = None) ->
     """Pair every robust model with every normal model of its architecture and dataset.
 
     ``models`` has the ``v_models`` columns model_name, training_type, architecture and
-    training_dataset. A model whose architecture or dataset is unknown has no twin.
+    training_dataset, and perhaps weights_form: then twins also share their weights form,
+    so that raw and folded copies of a model pair within their own form. A model whose
+    architecture or dataset is unknown has no twin.
     """
     scope = _in_scope(models, training_dataset)
     robust = scope.filter(pl.col("training_type") == "adversarial")
     normal = scope.filter(pl.col("training_type") == "normal")
     keys = ["architecture", "training_dataset"]
+    form_key = ["weights_form"] if "weights_form" in scope.columns else []
     # Inner join on the keys: NULL never equals NULL, so unknown metadata pairs with nothing.
-    joined = robust.select("model_name", *keys).join(
-        normal.select(pl.col("model_name").alias("normal"), *keys), on=keys, how="inner"
+    joined = robust.select("model_name", *keys, *form_key).join(
+        normal.select(pl.col("model_name").alias("normal"), *keys, *form_key),
+        on=keys + form_key,
+        how="inner",
     )
     joined = joined.sort(["training_dataset", "architecture", "model_name", "normal"])
     pairs = tuple(

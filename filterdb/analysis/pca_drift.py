@@ -11,20 +11,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import polars as pl
 
 from filterdb.analysis.groups import (
     GROUPING_COLUMNS,
+    compared_weights_form,
     scaled_filters,
     scaled_filters_by,
     select_layers,
     stored_layers,
 )
 from filterdb.errors import FilterdbError, NoPCA
-from filterdb.metrics.drift import DriftMatrix, drift_matrix
+from filterdb.metrics.drift import NOISE_LEVEL, NULL_SEED, DriftMatrix, drift_matrix
 from filterdb.metrics.layer import require_eps
 from filterdb.metrics.pca import N_WEIGHTS, PCAResult, fit_pca
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
@@ -105,13 +106,23 @@ def pca_group(*, url: str | None = None, group: str, eps: float = DEFAULT_SPARSI
     return GroupPCA(group=group, eps=eps, basis=basis)
 
 
-def drift(*, url: str | None = None, by: str, eps: float = DEFAULT_SPARSITY_EPS) -> DriftMatrix:
+def drift(
+    *,
+    url: str | None = None,
+    by: str,
+    eps: float = DEFAULT_SPARSITY_EPS,
+    mixed_forms: bool = False,
+    seed: int = NULL_SEED,
+) -> DriftMatrix:
     """KL drift between the groups of every stored filter split ``by`` one column.
 
     One basis and one histogram range, fitted on the union of all groups (SPEC section 5,
     "drift (KL)"); each layer is read once. Groups are ordered for reading: depth bins
     from ``first`` to ``(0.9, 1.0]``, other groupings by name (:func:`ordered_groups`).
-    A group with no non-sparse filter is in ``skipped``, not in the matrix.
+    A group with no non-sparse filter is in ``skipped``, not in the matrix. Every cell
+    carries its seeded permutation null (``nulls``, seeded by ``seed``), and the result
+    its ``weights_form``: stored models of several forms are refused unless
+    ``mixed_forms`` (:func:`filterdb.analysis.groups.compared_weights_form`).
 
     Parameters
     ----------
@@ -125,7 +136,8 @@ def drift(*, url: str | None = None, by: str, eps: float = DEFAULT_SPARSITY_EPS)
     Raises
     ------
     FilterdbError
-        Unknown grouping or an empty database.
+        Unknown grouping, an empty database, or models of several weights forms without
+        ``mixed_forms``.
     filterdb.metrics.layer.MetricError
         ``eps`` is negative, infinite or NaN (checked before anything is read).
     filterdb.metrics.pca.NoPCA
@@ -137,11 +149,16 @@ def drift(*, url: str | None = None, by: str, eps: float = DEFAULT_SPARSITY_EPS)
     layers = stored_layers(url=url)
     if layers.height == 0:
         raise FilterdbError("the database holds no layers; ingest models first (`filterdb ingest`)")
+    forms = dict(layers.select("model_name", "weights_form").unique().iter_rows())
+    form = compared_weights_form(forms, mixed_forms=mixed_forms, what=f"drift by {by}")
     groups = scaled_filters_by(layers, GROUPING_COLUMNS[by], url=url, eps=eps)
     try:
-        return drift_matrix({name: groups[name] for name in ordered_groups(by, groups)})
+        result = drift_matrix(
+            {name: groups[name] for name in ordered_groups(by, groups)}, seed=seed
+        )
     except NoPCA as error:
         raise NoPCA(f"drift by {by}: {error}") from None
+    return replace(result, weights_form=form)
 
 
 def ordered_groups(by: str, names: Iterable[str]) -> list[str]:
@@ -194,9 +211,55 @@ def drift_frame(result: DriftMatrix) -> pl.DataFrame:
     )
 
 
+def drift_null_frame(result: DriftMatrix) -> pl.DataFrame:
+    """One row per pair of groups: drift beside its permutation null.
+
+    Columns group_a, group_b, drift, null_median, null_low, null_high (5th and 95th
+    percentiles), p_value, within_noise (p >= 0.05), null_size_a, null_size_b (the group
+    sizes the null was drawn for: a subsample above 2,048 filters a pair), n_permutations.
+    """
+    rows = [
+        {
+            "group_a": result.names[i],
+            "group_b": result.names[j],
+            "drift": float(result.matrix[i, j]),
+            "null_median": null.median,
+            "null_low": null.low,
+            "null_high": null.high,
+            "p_value": null.p_value,
+            "within_noise": null.within_noise,
+            "null_size_a": null.sizes[0],
+            "null_size_b": null.sizes[1],
+            "n_permutations": null.n_permutations,
+        }
+        for (i, j), null in sorted(result.nulls.items())
+    ]
+    schema = {
+        "group_a": pl.String,
+        "group_b": pl.String,
+        "drift": pl.Float64,
+        "null_median": pl.Float64,
+        "null_low": pl.Float64,
+        "null_high": pl.Float64,
+        "p_value": pl.Float64,
+        "within_noise": pl.Boolean,
+        "null_size_a": pl.Int64,
+        "null_size_b": pl.Int64,
+        "n_permutations": pl.Int64,
+    }
+    return pl.DataFrame(rows, schema=schema)
+
+
 def drift_json(result: DriftMatrix) -> str:
     """The drift matrix as a JSON document: names, matrix, ratios, n_filters, skipped,
-    lo, hi (round-trip floats)."""
+    lo, hi, weights_form, and the noise reference of every cell: null_median, null_low,
+    null_high, p_value (NaN-free: null where there is none, the diagonal), noise_level
+    and the per-pair rows of :func:`drift_null_frame` (round-trip floats)."""
+
+    def matrix_of(attribute: str) -> list[list[float | None]]:
+        values = result.null_matrix(attribute)
+        return [[None if np.isnan(v) else float(v) for v in row] for row in values]
+
     document = {
         "names": list(result.names),
         "matrix": result.matrix.tolist(),
@@ -205,5 +268,15 @@ def drift_json(result: DriftMatrix) -> str:
         "skipped": list(result.skipped),
         "lo": result.lo,
         "hi": result.hi,
+        "weights_form": result.weights_form,
+        "null": {
+            "method": "label permutation, same basis, range and bins",
+            "noise_level": NOISE_LEVEL,
+            "median": matrix_of("median"),
+            "low": matrix_of("low"),
+            "high": matrix_of("high"),
+            "p_value": matrix_of("p_value"),
+            "pairs": drift_null_frame(result).to_dicts(),
+        },
     }
     return json.dumps(document, indent=2)

@@ -206,14 +206,15 @@ def _reusable_models(
 
 
 def _ingest(model: DemoModel, url: str, settings: TrainingSettings, say: StepCallback) -> DemoModel:
+    # Normal training has no attack, so no threat model and no eps; its robust_acc is
+    # still the accuracy under the robust model's PGD attack, for the comparison.
+    adversarial = model.training_type == "adversarial"
     training = TrainingInfo(
         training_type=model.training_type,
         training_dataset=TRAINING_DATASET,
-        # As RobustBench does for its Standard entries, the normal model carries the threat
-        # model its robust accuracy was measured under.
-        threat_model="Linf",
-        eps_text=f"{settings.eps:g}",
-        eps=settings.eps,
+        threat_model="Linf" if adversarial else None,
+        eps_text=f"{settings.eps:g}" if adversarial else None,
+        eps=settings.eps if adversarial else None,
         clean_acc=model.clean_acc,
         robust_acc=model.pgd_acc,
     )

@@ -1,10 +1,12 @@
 """Incremental, atomic ingestion: identify a model, skip it when unchanged, else store it.
 
-A model is identified by its name and the SHA-256 of its checkpoint file(s). The hash is
-taken before anything is loaded, so re-running an unchanged ingest costs one hash and one
-query. A changed checkpoint under a stored name is refused unless ``force``, which replaces
-the model in the same transaction that writes the new one. Every attempt lands in the
-ingest log; a failed one in a transaction of its own, so the model tables stay as they were.
+A model is identified by its name, the SHA-256 of its checkpoint file(s) and its weights
+form (``raw``, ``bn_folded``, ``as_exported``: the same bytes folded are other filters).
+The hash is taken before anything is loaded, so re-running an unchanged ingest costs one
+hash and one query. A changed checkpoint, or another form, under a stored name is refused
+unless ``force``, which replaces the model in the same transaction that writes the new one.
+Every attempt lands in the ingest log; a failed one in a transaction of its own, so the
+model tables stay as they were.
 """
 
 from __future__ import annotations
@@ -92,7 +94,7 @@ def ingest(
         sha256 = attempt.timed("read", lambda: files_sha256(candidate.paths))
         with engine.connect() as connection:
             stored = _stored_identity(connection, candidate.name)
-        if _unchanged(candidate.name, stored, sha256, force=force):
+        if _unchanged(candidate.name, stored, (sha256, candidate.weights_form), force=force):
             report(IngestEvent(candidate.name, "done", 1.0))
             return attempt.log_skipped(stored[0], sha256)
         report(IngestEvent(candidate.name, "reading", 0.1))
@@ -145,25 +147,39 @@ def ingest_all(
     return results, failures
 
 
-def _stored_identity(connection: Connection, name: str) -> tuple[int, str] | None:
+def _stored_identity(connection: Connection, name: str) -> tuple[int, str, str] | None:
+    model = schema.model.c
     row = connection.execute(
-        sa.select(schema.model.c.model_id, schema.model.c.checkpoint_sha256).where(
-            schema.model.c.name == name
+        sa.select(model.model_id, model.checkpoint_sha256, model.weights_form).where(
+            model.name == name
         )
     ).first()
-    return None if row is None else (row.model_id, row.checkpoint_sha256)
+    return None if row is None else (row.model_id, row.checkpoint_sha256, row.weights_form)
 
 
-def _unchanged(name: str, stored: tuple[int, str] | None, sha256: str, *, force: bool) -> bool:
-    """True when ``name`` is stored from these bytes (skip it); raises on a conflict."""
+def _unchanged(
+    name: str,
+    stored: tuple[int, str, str] | None,
+    identity: tuple[str, str],
+    *,
+    force: bool,
+) -> bool:
+    """True when ``name`` is stored from these bytes in this form (skip it); raises on a
+    conflict. ``identity`` is (sha256, weights form)."""
     if stored is None or force:
         return False
-    if stored[1] == sha256:
-        return True
-    raise ModelConflict(
-        f"model {name} is stored from another checkpoint (sha256 {stored[1][:12]}, "
-        f"new {sha256[:12]}); pass --force to replace it"
-    )
+    sha256, weights_form = identity
+    if stored[1] != sha256:
+        raise ModelConflict(
+            f"model {name} is stored from another checkpoint (sha256 {stored[1][:12]}, "
+            f"new {sha256[:12]}); pass --force to replace it"
+        )
+    if stored[2] != weights_form:
+        raise ModelConflict(
+            f"model {name} is stored with weights form {stored[2]}, not {weights_form}; "
+            "give the other form its own --name, or pass --force to replace it"
+        )
+    return True
 
 
 class _StoredMeanwhile(Exception):
@@ -207,7 +223,8 @@ class _Attempt:
             # Decided again inside the write transaction: another process may have stored
             # this name since the check before extraction (DuckDB's lock was free then).
             identity = _stored_identity(connection, name)
-            if _unchanged(name, identity, self.sha256, force=force):
+            form = extracted.info.weights_form
+            if _unchanged(name, identity, (self.sha256, form), force=force):
                 raise _StoredMeanwhile(identity[0])
             stored = None if identity is None else identity[0]
             if stored is not None:

@@ -21,6 +21,7 @@ from filterdb.ingest.sources.leaderboard import LeaderboardEntry, read_entry
 from filterdb.warehouse import schema
 from filterdb.warehouse.database import engine_for, read_frame
 from filterdb.warehouse.migrate import require_head
+from filterdb.warehouse.records import FOLDED_NAME_SUFFIX
 
 
 @dataclass
@@ -40,12 +41,14 @@ def zoo_selection(
     names: list[str] | None,
     model_dir: Path = DEFAULT_MODEL_DIR,
     model_info: str | Path | None = None,
+    fold_batchnorm: bool = False,
 ) -> ZooSelection:
     """Candidates for ``names`` (``None``: every zoo entry of dataset and threat model).
 
     A named entry whose checkpoint is missing raises :class:`CheckpointMissing`; with
     ``names=None`` missing entries are listed in ``missing`` and skipped. ``model_info``
     (directory or URL of RobustBench's ``model_info`` tree) adds leaderboard metadata.
+    ``fold_batchnorm`` stores the folded weights (:func:`zoo_source.zoo_candidate`).
     """
     # robustbench (and torch) load here, not when the zoo is only listed.
     from filterdb.ingest.sources import robustbench as zoo_source
@@ -74,6 +77,7 @@ def zoo_selection(
                     threat_model=threat_model,
                     model_dir=model_dir,
                     leaderboard=entry,
+                    fold_batchnorm=fold_batchnorm,
                 )
             )
         except CheckpointMissing as error:
@@ -109,7 +113,9 @@ def sync_leaderboard(*, url: str | None = None, model_info: str | Path) -> SyncR
         # Read every file first (perhaps over the network), then write in one short
         # transaction: DuckDB has one writer per file (SPEC section 3).
         entries = {
-            model_id: read_entry(model_info, *name.split("/", 2)) for model_id, name in stored
+            # A folded model (name ending +bn_folded) has its entry's leaderboard file.
+            model_id: read_entry(model_info, *name.removesuffix(FOLDED_NAME_SUFFIX).split("/", 2))
+            for model_id, name in stored
         }
         with engine.begin() as connection:
             for model_id, entry in entries.items():

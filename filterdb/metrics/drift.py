@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -21,6 +21,57 @@ from filterdb.metrics.pca import N_WEIGHTS, PCAResult, as_filters, fit_pca_with_
 BINS = 70
 # float32 epsilon; it replaces the density of an empty bin, not its count (step 5).
 EMPTY_BIN_DENSITY = 2.0**-23
+
+# The noise reference of a drift value (issue 12): drift between two groups of these sizes
+# drawn from one distribution. Two sets of 16 random-normal filters from one distribution
+# drift by about 21, two sets of 4,096 by about 0.05: a value means nothing without it.
+NULL_PERMUTATIONS = 99  # p-values in steps of 1/100
+NULL_SEED = 0
+# Above this many filters in a pair, the null and the p-value come from a seeded subsample
+# of the pair of this size (proportional per group). The report's budget decides it: 99
+# permutations of 4,096 filters took 85 ms a depth bin at load 6 on 2 cores, of 2,048
+# about half, for reports of 4-4.6 s against a 5 s target (bench/report.py).
+NULL_MAX_FILTERS = 2_048
+NOISE_LEVEL = 0.05  # a value whose permutation p-value is at least this is within the noise
+NULL_BAND = (5.0, 95.0)  # percentiles of the null shown as its band
+
+
+@dataclass(frozen=True)
+class DriftNull:
+    """Drift of two groups under no difference: a seeded label-permutation null.
+
+    The two groups' projected coefficients are pooled, labels shuffled, and the drift
+    recomputed on the same basis, range and bins, ``n_permutations`` times.
+
+    Attributes
+    ----------
+    median, low, high : float
+        Median and the :data:`NULL_BAND` percentiles of the permutation drifts.
+    p_value : float
+        (1 + permutations with drift >= observed) / (1 + n_permutations), the observed
+        drift taken at ``sizes``.
+    n_permutations : int
+    sizes : (int, int)
+        Group sizes the null was drawn for: the groups' own, or a proportional subsample
+        of :data:`NULL_MAX_FILTERS` filters when the pair is larger (``subsampled``); the
+        null of a subsample lies above the full groups' null, so it is then conservative.
+    observed : float
+        The drift the p-value compares, at ``sizes`` (the value itself unless subsampled).
+    """
+
+    median: float
+    low: float
+    high: float
+    p_value: float
+    n_permutations: int
+    sizes: tuple[int, int]
+    observed: float
+    subsampled: bool
+
+    @property
+    def within_noise(self) -> bool:
+        """True when no-difference groups of these sizes drift this much often enough."""
+        return self.p_value >= NOISE_LEVEL
 
 
 @dataclass(frozen=True)
@@ -41,6 +92,12 @@ class DriftMatrix:
         The PCA of the union of the groups; its ``ratio`` weights the KL terms.
     lo, hi : float
         The histogram range: min and max of all nine coefficients over the union.
+    nulls : dict of (i, j) to DriftNull
+        For each pair i < j, the permutation null of its drift (empty when no null was
+        asked for).
+    weights_form : str
+        The weights form of the filters compared, when the caller knows it (the kernel
+        does not look at it).
     """
 
     names: tuple[str, ...]
@@ -50,11 +107,21 @@ class DriftMatrix:
     basis: PCAResult
     lo: float
     hi: float
+    nulls: dict[tuple[int, int], DriftNull] = field(default_factory=dict)
+    weights_form: str = ""
 
     @property
     def ratios(self) -> np.ndarray:
         """The explained variance ratios r_k that weight each coefficient's KL."""
         return self.basis.ratio
+
+    def null_matrix(self, attribute: str) -> np.ndarray:
+        """(k, k) matrix of one :class:`DriftNull` attribute (``median``, ``p_value``...),
+        NaN on the diagonal and where there is no null."""
+        values = np.full(self.matrix.shape, np.nan)
+        for (i, j), null in self.nulls.items():
+            values[i, j] = values[j, i] = float(getattr(null, attribute))
+        return values
 
 
 @dataclass(frozen=True)
@@ -71,6 +138,9 @@ class DriftSeries:
         One PCA for the whole series, fitted on all filters of all labels.
     lo, hi : float
         One histogram range for the whole series, over the same filters.
+    nulls : dict of str to DriftNull
+        Per label in ``values``, the permutation null of its drift (empty when no null
+        was asked for).
     """
 
     values: dict[str, float]
@@ -78,9 +148,16 @@ class DriftSeries:
     basis: PCAResult
     lo: float
     hi: float
+    nulls: dict[str, DriftNull] = field(default_factory=dict)
 
 
-def drift_matrix(groups: Mapping[str, np.ndarray], *, bins: int = BINS) -> DriftMatrix:
+def drift_matrix(
+    groups: Mapping[str, np.ndarray],
+    *,
+    bins: int = BINS,
+    n_permutations: int = NULL_PERMUTATIONS,
+    seed: int = NULL_SEED,
+) -> DriftMatrix:
     """Drift between every two groups, following SPEC section 5 "drift (KL)" steps 1-6.
 
     Parameters
@@ -90,6 +167,11 @@ def drift_matrix(groups: Mapping[str, np.ndarray], *, bins: int = BINS) -> Drift
         ``skipped`` and left out; it contributes nothing to the union either.
     bins : int
         Equal-width bins per coefficient on [lo, hi].
+    n_permutations : int
+        Permutations of each pair's null (:func:`permutation_null`); 0 gives no null.
+    seed : int
+        Seed of the nulls; pair (i, j) draws from its own stream, so a rerun gives the
+        same nulls whatever else changes.
 
     Raises
     ------
@@ -98,10 +180,24 @@ def drift_matrix(groups: Mapping[str, np.ndarray], *, bins: int = BINS) -> Drift
     """
     filters = {name: as_filters(group) for name, group in groups.items()}
     kept = {name: group for name, group in filters.items() if len(group)}
-    basis, lo, hi, distributions = _union_distributions(list(kept.values()), bins=bins)
+    basis, lo, hi, distributions, coefficients = _union_distributions(
+        list(kept.values()), bins=bins
+    )
     matrix = np.zeros((len(kept), len(kept)))
+    nulls = {}
     for i, j in itertools.combinations(range(len(kept)), 2):
         matrix[i, j] = matrix[j, i] = _symmetric_kl(distributions[i], distributions[j], basis.ratio)
+        if n_permutations:
+            nulls[i, j] = permutation_null(
+                coefficients[i],
+                coefficients[j],
+                lo=lo,
+                hi=hi,
+                ratios=basis.ratio,
+                bins=bins,
+                n_permutations=n_permutations,
+                seed=(seed, i, j),
+            )
     return DriftMatrix(
         names=tuple(kept),
         matrix=matrix,
@@ -110,11 +206,16 @@ def drift_matrix(groups: Mapping[str, np.ndarray], *, bins: int = BINS) -> Drift
         basis=basis,
         lo=lo,
         hi=hi,
+        nulls=nulls,
     )
 
 
 def drift_series(
-    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]], *, bins: int = BINS
+    pairs: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    *,
+    bins: int = BINS,
+    n_permutations: int = NULL_PERMUTATIONS,
+    seed: int = NULL_SEED,
 ) -> DriftSeries:
     """Drift between the two groups of each label, all on one basis and one range.
 
@@ -133,6 +234,10 @@ def drift_series(
         belong to the basis.
     bins : int
         Equal-width bins per coefficient on [lo, hi].
+    n_permutations : int
+        Permutations of each label's null (:func:`permutation_null`); 0 gives no null.
+    seed : int
+        Seed of the nulls; label number i draws from its own stream.
 
     Raises
     ------
@@ -140,22 +245,131 @@ def drift_series(
         The union has fewer than 9 filters or no variance.
     """
     groups = [as_filters(group) for pair in pairs.values() for group in pair]
-    basis, lo, hi, distributions = _union_distributions(groups, bins=bins)
+    basis, lo, hi, distributions, coefficients = _union_distributions(groups, bins=bins)
     values: dict[str, float] = {}
+    nulls: dict[str, DriftNull] = {}
     skipped: list[str] = []
     for index, label in enumerate(pairs):
         first, second = distributions[2 * index], distributions[2 * index + 1]
         if first is None or second is None:
             skipped.append(label)
-        else:
-            values[label] = _symmetric_kl(first, second, basis.ratio)
-    return DriftSeries(values=values, skipped=tuple(skipped), basis=basis, lo=lo, hi=hi)
+            continue
+        values[label] = _symmetric_kl(first, second, basis.ratio)
+        if n_permutations:
+            nulls[label] = permutation_null(
+                coefficients[2 * index],
+                coefficients[2 * index + 1],
+                lo=lo,
+                hi=hi,
+                ratios=basis.ratio,
+                bins=bins,
+                n_permutations=n_permutations,
+                seed=(seed, index),
+            )
+    return DriftSeries(
+        values=values, skipped=tuple(skipped), basis=basis, lo=lo, hi=hi, nulls=nulls
+    )
+
+
+def permutation_null(
+    first: np.ndarray,
+    second: np.ndarray,
+    *,
+    lo: float,
+    hi: float,
+    ratios: np.ndarray,
+    bins: int = BINS,
+    n_permutations: int = NULL_PERMUTATIONS,
+    max_filters: int = NULL_MAX_FILTERS,
+    seed: int | tuple[int, ...] = NULL_SEED,
+) -> DriftNull:
+    """The drift of two groups of these sizes under no difference (label permutation).
+
+    ``first`` and ``second`` are the two groups' coefficients (n, 9) on the basis of their
+    matrix or series, ``lo``/``hi`` its range and ``ratios`` its r_k: the null is computed
+    exactly as the value is (steps 4-6), only with the group labels shuffled. A pair of
+    more than ``max_filters`` filters is first subsampled, seeded and in proportion to
+    the group sizes (each keeps at least one filter), and both the observed drift and the
+    null are taken at those sizes. ``seed`` makes the result the same on every run.
+    """
+    rng = np.random.default_rng(seed)
+    subsampled = len(first) + len(second) > max_filters
+    if subsampled:
+        first, second = _subsample_pair(first, second, max_filters=max_filters, rng=rng)
+    codes = _bin_codes(np.concatenate([first, second]), lo=lo, hi=hi, bins=bins)
+    widths = np.diff(np.linspace(lo, hi, bins + 1))
+    cells = N_WEIGHTS * bins
+    total = np.bincount(codes.ravel(), minlength=cells)
+    n_first, n_second = len(first), len(second)
+
+    def drifts_of(first_rows: np.ndarray) -> np.ndarray:
+        """Drift for each row of ``first_rows`` (r, n_first): who is in the first group."""
+        offsets = (np.arange(len(first_rows)) * cells)[:, None, None]
+        flat = (codes[first_rows] + offsets).ravel()
+        counts = np.bincount(flat, minlength=len(first_rows) * cells)
+        counts = counts.reshape(len(first_rows), N_WEIGHTS, bins)
+        p = _distributions_from_counts(counts, n_first, widths, bins)
+        q = _distributions_from_counts(
+            total.reshape(N_WEIGHTS, bins) - counts, n_second, widths, bins
+        )
+        # p ln(p/q) + q ln(q/p) = (p - q) ln(p/q): step 6 with one logarithm, not two.
+        return np.sum(ratios * np.sum((p - q) * np.log(p / q), axis=-1), axis=-1)
+
+    observed = float(drifts_of(np.arange(n_first)[None, :])[0])
+    n = n_first + n_second
+    labels = rng.permuted(np.tile(np.arange(n), (n_permutations, 1)), axis=1)
+    null = drifts_of(labels[:, :n_first])
+    low, high = np.percentile(null, NULL_BAND)
+    return DriftNull(
+        median=float(np.median(null)),
+        low=float(low),
+        high=float(high),
+        p_value=float((1 + np.sum(null >= observed)) / (1 + n_permutations)),
+        n_permutations=n_permutations,
+        sizes=(n_first, n_second),
+        observed=observed,
+        subsampled=subsampled,
+    )
+
+
+def _subsample_pair(
+    first: np.ndarray, second: np.ndarray, *, max_filters: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    n = len(first) + len(second)
+    keep_first = min(len(first), max(1, round(max_filters * len(first) / n)))
+    keep_second = min(len(second), max(1, max_filters - keep_first))
+    return (
+        first[np.sort(rng.choice(len(first), keep_first, replace=False))],
+        second[np.sort(rng.choice(len(second), keep_second, replace=False))],
+    )
+
+
+def _bin_codes(coefficients: np.ndarray, *, lo: float, hi: float, bins: int) -> np.ndarray:
+    """(n, 9) flat histogram cell per coefficient: k * bins + bin, bins as step 4 has them.
+
+    ``numpy.histogram`` puts c in bin i when edges[i] <= c < edges[i+1] for the edges of
+    ``linspace(lo, hi, bins + 1)``, and c = hi in the last bin: a right-sided search of the
+    same edges gives the same bins.
+    """
+    edges = np.linspace(lo, hi, bins + 1)
+    index = np.clip(np.searchsorted(edges, coefficients, side="right") - 1, 0, bins - 1)
+    return index + bins * np.arange(N_WEIGHTS)
+
+
+def _distributions_from_counts(
+    counts: np.ndarray, n: int, widths: np.ndarray, bins: int
+) -> np.ndarray:
+    """Step 5 from counts (..., 9, bins): density, empty bins at epsilon, normalised."""
+    density = counts / (n * widths)
+    density[counts == 0] = EMPTY_BIN_DENSITY
+    return density / density.sum(axis=-1, keepdims=True)
 
 
 def _union_distributions(
     groups: Sequence[np.ndarray], *, bins: int
-) -> tuple[PCAResult, float, float, list[np.ndarray | None]]:
-    """Steps 1-5 on the union of ``groups``: basis, range, and per group p_{g,k} (9, bins).
+) -> tuple[PCAResult, float, float, list[np.ndarray | None], list[np.ndarray]]:
+    """Steps 1-5 on the union of ``groups``: basis, range, per group p_{g,k} (9, bins),
+    and per group its coefficients (for the nulls).
 
     An empty group gets ``None``. The union's coefficients are computed once and sliced
     per group, so every group's values lie inside [lo, hi].
@@ -170,7 +384,8 @@ def _union_distributions(
         else None
         for start, stop in itertools.pairwise(bounds)
     ]
-    return basis, lo, hi, distributions
+    sliced = [coefficients[start:stop] for start, stop in itertools.pairwise(bounds)]
+    return basis, lo, hi, distributions, sliced
 
 
 def _coefficient_distributions(

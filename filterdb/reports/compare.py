@@ -7,11 +7,13 @@ from pathlib import Path
 
 import polars as pl
 
+from filterdb.analysis.groups import compared_weights_form
 from filterdb.files import output_directory
 from filterdb.metrics import cache
 from filterdb.metrics.registry import METRICS, POOLED_METRICS
 from filterdb.reports import plots
 from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.warehouse.inventory import require_models
 from filterdb.warehouse.migrate import require_head
 
 
@@ -35,6 +37,8 @@ class Comparison:
         per metric and bin that either model holds.
     plot : Path or None
         The PNG written when ``out_dir`` was given.
+    weights_form : str
+        The two models' weights form (``mixed (...)`` when compared with ``mixed_forms``).
     """
 
     model_a: str
@@ -43,17 +47,26 @@ class Comparison:
     layers: pl.DataFrame
     bins: pl.DataFrame
     plot: Path | None
+    weights_form: str = ""
 
 
 def compare_models(
-    model_a: str, model_b: str, *, url: str | None = None, out_dir: Path | None = None
+    model_a: str,
+    model_b: str,
+    *,
+    url: str | None = None,
+    out_dir: Path | None = None,
+    mixed_forms: bool = False,
 ) -> Comparison:
     """Compare two stored models layer by layer and per depth bin.
 
     Missing metrics are computed first. With ``out_dir``, writes ``comparison.png``
     (each metric per depth bin, both models). Raises a one-line
-    :class:`~filterdb.errors.FilterdbError` naming a model that is not stored.
+    :class:`~filterdb.errors.FilterdbError` naming a model that is not stored, or when
+    the two are stored in different weights forms (raw, bn_folded, as_exported) and
+    ``mixed_forms`` is false.
     """
+    form = _comparable_form(model_a, model_b, url=url, mixed_forms=mixed_forms)
     cache.compute_metrics(url=url, models=[model_a, model_b])
     with engine_for(url) as engine:
         require_head(engine)
@@ -81,6 +94,7 @@ def compare_models(
             model_a=model_a,
             model_b=model_b,
             metrics=POOLED_METRICS,
+            weights_form=form,
         )
     return Comparison(
         model_a=model_a,
@@ -89,7 +103,23 @@ def compare_models(
         layers=_layers_side_by_side(layers, model_a, model_b, same_architecture=same),
         bins=bins,
         plot=plot,
+        weights_form=form,
     )
+
+
+def _comparable_form(model_a: str, model_b: str, *, url: str | None, mixed_forms: bool) -> str:
+    # Checked before any metric is computed: a refused comparison costs nothing.
+    with engine_for(url) as engine:
+        require_head(engine)
+        with engine.connect() as connection:
+            require_models(connection, [model_a, model_b])
+            forms = read_frame(
+                connection,
+                "SELECT model_name, weights_form FROM v_models WHERE model_name IN (:a, :b)",
+                {"a": model_a, "b": model_b},
+            )
+    stored = dict(forms.iter_rows())
+    return compared_weights_form(stored, mixed_forms=mixed_forms, what=f"{model_a} vs {model_b}")
 
 
 def _layers_side_by_side(

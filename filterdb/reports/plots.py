@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.transforms import blended_transform_factory
 
-from filterdb.metrics.drift import DriftMatrix
+from filterdb.metrics.drift import NOISE_LEVEL, DriftMatrix
 from filterdb.metrics.pca import N_WEIGHTS, PCAResult
 
 ROBUST_COLOUR = "tab:red"
@@ -28,7 +28,7 @@ MAX_ANNOTATED_GROUPS = 25
 BOX_WIDTH = 0.35
 # Each side's colour and offset from the bin's tick.
 SIDES = (("robust", ROBUST_COLOUR, -0.2), ("normal", NORMAL_COLOUR, 0.2))
-# Marks above a depth bin whose test rejects at these levels (no multiple-test correction).
+# Marks above a depth bin whose Holm-adjusted p-value (over the metric's bins) is below.
 SIGNIFICANCE_MARKS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
 
 
@@ -38,8 +38,8 @@ def robust_vs_normal_boxplots(
     """One row of panels per metric: robust and normal boxes side by side per depth bin.
 
     ``values`` is long: metric, depth_bin_index, depth_bin, role (``robust``/``normal``),
-    value, one row per model and bin. ``statistics`` supplies each bin's p_value, shown
-    as stars above the bin. Writes ``path`` and returns it.
+    value, one row per model and bin. ``statistics`` supplies each bin's p_holm (Holm
+    over the metric's bins), shown as stars above the bin. Writes ``path`` and returns it.
     """
     bins = values.select("depth_bin_index", "depth_bin").unique().sort("depth_bin_index")
     positions = {index: x for x, index in enumerate(bins["depth_bin_index"])}
@@ -81,29 +81,65 @@ def robust_vs_normal_boxplots(
     return _save(figure, path)
 
 
-def drift_by_depth_plot(drift: pl.DataFrame, path: Path) -> Path:
-    """Robust-vs-normal drift per depth bin as a line; skipped bins are gaps.
+def drift_by_depth_plot(drift: pl.DataFrame, path: Path, *, weights_form: str = "") -> Path:
+    """Robust-vs-normal drift per depth bin as a line beside its noise band.
 
-    ``drift`` has depth_bin_index, depth_bin and drift (NaN where skipped).
+    ``drift`` has depth_bin_index, depth_bin, drift (NaN where skipped), null_median,
+    null_low, null_high and within_noise (:func:`filterdb.analysis.comparison.drift_by_depth`).
+    The grey band is the 5-95% range of the permutation null, the dashed line its median;
+    a value within the noise is drawn hollow. Log scale: small groups drift by tens, large
+    ones by hundredths.
     """
     figure = Figure(figsize=(8.0, 3.5), dpi=DPI)
     ax = figure.subplots()
-    ax.plot(range(drift.height), drift["drift"].to_list(), marker="o", color="tab:purple")
-    ax.set_xticks(range(drift.height), drift["depth_bin"].to_list(), fontsize=8)
+    x = np.arange(drift.height)
+    ax.fill_between(
+        x,
+        drift["null_low"].to_numpy(),
+        drift["null_high"].to_numpy(),
+        color="grey",
+        alpha=0.3,
+        label="no difference: 5-95% of permutations",
+    )
+    ax.plot(x, drift["null_median"].to_numpy(), "--", color="grey", label="null median")
+    values = drift["drift"].to_numpy()
+    ax.plot(x, values, color="tab:purple", label="robust vs normal")
+    noise = drift["within_noise"].fill_null(False).to_numpy()
+    ax.plot(x[~noise], values[~noise], "o", color="tab:purple")
+    ax.plot(
+        x[noise],
+        values[noise],
+        "o",
+        color="tab:purple",
+        markerfacecolor="white",
+        label="within the noise",
+    )
+    if np.isfinite(values).any() and np.nanmin(np.r_[values, drift["null_low"].to_numpy()]) > 0:
+        ax.set_yscale("log")
+    ax.set_xticks(x, drift["depth_bin"].to_list(), fontsize=8)
     ax.set_xlabel("depth bin")
     ax.set_ylabel("drift: weighted symmetric KL")
-    ax.set_title("robust vs normal filters per depth bin (one PCA basis)", fontsize=10)
+    form = f", weights {weights_form}" if weights_form else ""
+    ax.set_title(f"robust vs normal filters per depth bin (one PCA basis{form})", fontsize=10)
+    ax.legend(fontsize=7, loc="best")
     ax.grid(alpha=0.3)
     _margins(figure, left=0.8, right=0.15, top=0.4, bottom=0.6)
     return _save(figure, path)
 
 
 def comparison_plot(
-    bins: pl.DataFrame, path: Path, *, model_a: str, model_b: str, metrics: tuple[str, ...]
+    bins: pl.DataFrame,
+    path: Path,
+    *,
+    model_a: str,
+    model_b: str,
+    metrics: tuple[str, ...],
+    weights_form: str = "",
 ) -> Path:
     """One panel per metric: both models' values per depth bin as lines.
 
-    ``bins`` is long: metric, depth_bin_index, depth_bin, value_a, value_b.
+    ``bins`` is long: metric, depth_bin_index, depth_bin, value_a, value_b;
+    ``weights_form`` titles the legend.
     """
     labels = bins.select("depth_bin_index", "depth_bin").unique().sort("depth_bin_index")
     n_columns = 2
@@ -122,7 +158,7 @@ def comparison_plot(
         ax.grid(alpha=0.3)
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, title=f"weights {weights_form}" if weights_form else None)
     _margins(figure, left=0.7, right=0.15, top=0.35, bottom=0.6, hspace=0.6, wspace=0.2)
     return _save(figure, path)
 
@@ -183,12 +219,23 @@ def plot_drift_heatmap(result: DriftMatrix, path: Path, *, title: str) -> Path:
     figure.colorbar(image, ax=axis, shrink=0.8, label="symmetric KL, weighted by r_k")
     axis.set_xticks(range(k), result.names, rotation=45, ha="right", fontsize=8)
     axis.set_yticks(range(k), result.names, fontsize=8)
+    medians = result.null_matrix("median")
+    p_values = result.null_matrix("p_value")
     if k <= MAX_ANNOTATED_GROUPS:
         middle = (result.matrix.max() + result.matrix.min()) / 2
         for (i, j), value in np.ndenumerate(result.matrix):
             colour = "black" if value > middle else "white"  # viridis is light at the top
-            axis.text(j, i, f"{value:.3g}", ha="center", va="center", color=colour, fontsize=8)
+            text = f"{value:.3g}"
+            if np.isfinite(medians[i, j]):
+                # The cell's noise reference; "~" marks a value within it.
+                noise = "~" if p_values[i, j] >= NOISE_LEVEL else ""
+                text = f"{noise}{text}\n(null {medians[i, j]:.2g})"
+            axis.text(j, i, text, ha="center", va="center", color=colour, fontsize=7)
     subtitle = f"{sum(result.n_filters):,} filters, one basis"
+    if result.nulls:
+        subtitle += "; (null median), ~ within the noise (permutation p >= 0.05)"
+    if result.weights_form:
+        subtitle += f"; weights {result.weights_form}"
     if result.skipped:
         subtitle += f"; no non-sparse filter: {', '.join(result.skipped)}"
     axis.set_title(f"{title}\n{subtitle}", fontsize=10)
@@ -227,7 +274,7 @@ def _boxes(ax, samples: list[np.ndarray], positions: list[float], *, colour: str
 
 def _mark_significance(ax, statistics: pl.DataFrame, positions: dict[int, int]) -> None:
     top = blended_transform_factory(ax.transData, ax.transAxes)
-    for index, p_value in statistics.select("depth_bin_index", "p_value").iter_rows():
+    for index, p_value in statistics.select("depth_bin_index", "p_holm").iter_rows():
         mark = next((m for level, m in SIGNIFICANCE_MARKS if p_value < level), "")
         if mark and index in positions:
             ax.text(positions[index], 0.93, mark, transform=top, ha="center", fontsize=9)

@@ -25,14 +25,17 @@ from filterdb.analysis.comparison import (
     role_values,
     summarise,
 )
+from filterdb.analysis.groups import compared_weights_form
 from filterdb.analysis.pairing import Pairing, find_pairs
 from filterdb.errors import PairingError
 from filterdb.files import output_directory
 from filterdb.metrics import cache
 from filterdb.metrics.cache import ComputeProgress
+from filterdb.metrics.drift import NOISE_LEVEL, NULL_MAX_FILTERS, NULL_PERMUTATIONS
 from filterdb.metrics.registry import POOLED_METRICS
 from filterdb.reports import plots
 from filterdb.reports.document import STYLE, embedded_png, html_table, markdown_table
+from filterdb.warehouse.inventory import models as stored_models
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,9 @@ class ReportResult:
         The drift series (:func:`drift_by_depth`).
     summary : polars.DataFrame
         One row per metric, for the terminal (:func:`summarise`).
+    weights_form : str
+        The weights form of the compared models (``raw``, ``bn_folded``, ``as_exported``,
+        or ``mixed (...)`` with ``mixed_forms``).
     """
 
     html: Path
@@ -68,6 +74,7 @@ class ReportResult:
     statistics: pl.DataFrame
     drift: pl.DataFrame
     summary: pl.DataFrame
+    weights_form: str = ""
 
 
 def write_robust_vs_normal_report(
@@ -76,6 +83,8 @@ def write_robust_vs_normal_report(
     out_dir: Path,
     training_dataset: str | None = None,
     pairs_file: Path | None = None,
+    weights_form: str | None = None,
+    mixed_forms: bool = False,
     on_progress: Callable[[ComputeProgress], None] | None = None,
 ) -> ReportResult:
     """Write the robust-vs-normal report of the stored models into ``out_dir``.
@@ -85,17 +94,32 @@ def write_robust_vs_normal_report(
     first (``on_progress`` sees that work), so the report is always complete. Writes
     ``summary.csv`` (full precision), ``summary.md``, ``pairs.csv``, ``drift_by_depth.csv``,
     ``boxplots.png``, ``drift_by_depth.png`` and ``report.html``; the same data gives the
-    same files.
+    same files (the drift nulls are seeded). ``weights_form`` keeps only models stored in
+    that form; the paired models must share one form unless ``mixed_forms``, and every
+    document states the form compared.
 
     Raises
     ------
     PairingError
         No robust/normal pair was found, or the pairs file is unusable.
+    FilterdbError
+        The paired models hold several weights forms and ``mixed_forms`` is false.
     """
-    pairing = find_pairs(url=url, training_dataset=training_dataset, pairs_file=pairs_file)
+    pairing = find_pairs(
+        url=url,
+        training_dataset=training_dataset,
+        pairs_file=pairs_file,
+        weights_form=weights_form,
+    )
     if not pairing.pairs:
         raise PairingError(_no_pairs_message(pairing, training_dataset))
     models = [*pairing.robust_models, *pairing.normal_models]
+    forms = stored_models(url=url).filter(pl.col("model_name").is_in(models))
+    form = compared_weights_form(
+        dict(forms.select("model_name", "weights_form").iter_rows()),
+        mixed_forms=mixed_forms,
+        what="the robust/normal pairs",
+    )
     cache.compute_metrics(url=url, models=models, on_progress=on_progress)
     profile = cache.depth_profile(url=url, models=models)
     statistics = robust_vs_normal_statistics(profile, pairing)
@@ -124,14 +148,14 @@ def write_robust_vs_normal_report(
             paths["boxplots.png"],
             metrics=POOLED_METRICS,
         ),
-        plots.drift_by_depth_plot(drift, paths["drift_by_depth.png"]),
+        plots.drift_by_depth_plot(drift, paths["drift_by_depth.png"], weights_form=form),
     )
     summary = summarise(statistics)
     paths["summary.md"].write_text(
-        _markdown_report(pairing, statistics, drift, figures), encoding="utf-8"
+        _markdown_report(pairing, statistics, drift, figures, form), encoding="utf-8"
     )
     paths["report.html"].write_text(
-        _html_report(pairing, statistics, summary, drift, figures), encoding="utf-8"
+        _html_report(pairing, statistics, summary, drift, figures, form), encoding="utf-8"
     )
     return ReportResult(
         html=paths["report.html"],
@@ -144,6 +168,7 @@ def write_robust_vs_normal_report(
         statistics=statistics,
         drift=drift,
         summary=summary,
+        weights_form=form,
     )
 
 
@@ -169,14 +194,35 @@ _TEST_NOTES = (
     f"{UNPAIRED_EFFECT}, in [-1, 1], positive when robust values are larger. "
     "Differences are medians, robust - normal. Quartiles by linear interpolation. "
     "The statistic is U of the robust sample (Mann-Whitney) or min(W+, W-) (Wilcoxon). "
-    f"Stars mark p < {SIGNIFICANCE_LEVEL}, 0.01, 0.001, without correction for the "
-    "number of tests."
+    "A metric is tested in up to eleven depth bins, so p_holm is the Holm-adjusted "
+    "p-value over the metric's bins (family-wise error rate at most the level); p_value "
+    f"is the raw one. Stars and counts use p_holm: p_holm < {SIGNIFICANCE_LEVEL}, 0.01, "
+    "0.001. min_p is the smallest p-value the test can give at that bin's sample sizes "
+    "(with n matched pairs 2/2^n: one pair 1, five pairs 0.0625); where it is at least "
+    f"{SIGNIFICANCE_LEVEL} the note says the test cannot reach significance, so its p is "
+    "no finding either way."
 )
 _DRIFT_NOTES = (
     "Drift: weighted symmetric KL divergence between the pooled scaled non-sparse filters "
     "of the robust and of the normal models in each depth bin, on one PCA basis and one "
-    "coefficient range fitted on every filter of the paired models (SPEC section 5)."
+    "coefficient range fitted on every filter of the paired models (SPEC section 5). "
+    "Drift grows as groups shrink, so each value stands beside its noise reference: "
+    f"{NULL_PERMUTATIONS} seeded label permutations of the bin's two groups (same basis, "
+    "range and bins; a pair above "
+    f"{NULL_MAX_FILTERS:,} filters is subsampled in proportion first), reported as the "
+    "null's median, its 5-95% band (grey in the plot) and the permutation p-value. "
+    f"within_noise marks values with p >= {NOISE_LEVEL}: groups of these sizes from one "
+    "distribution drift as much."
 )
+
+
+def _form_line(form: str) -> str:
+    meaning = {
+        "raw": "the checkpoints' own tensors",
+        "bn_folded": "BatchNorm folded into the convs, as the papers' ONNX exports had them",
+        "as_exported": "the ONNX files as they are",
+    }.get(form, "models stored in different forms, compared anyway (--mixed-forms)")
+    return f"{form} ({meaning})"
 
 
 def _test_used(pairing: Pairing) -> str:
@@ -185,8 +231,9 @@ def _test_used(pairing: Pairing) -> str:
     return f"{UNPAIRED_TEST} (a model sits in several pairs, so the samples are not paired)"
 
 
-def _pairing_lines(pairing: Pairing) -> list[tuple[str, str]]:
+def _pairing_lines(pairing: Pairing, form: str) -> list[tuple[str, str]]:
     return [
+        ("weights form", _form_line(form)),
         ("pairs from", pairing.source),
         ("pairs", f"{len(pairing.pairs)}"),
         ("robust models", f"{len(pairing.robust_models)}"),
@@ -206,10 +253,11 @@ def _markdown_report(
     statistics: pl.DataFrame,
     drift: pl.DataFrame,
     figures: tuple[Path, ...],
+    form: str,
 ) -> str:
     boxplots, drift_plot = figures
-    parts = ["# Robust vs normal filters by depth\n"]
-    parts += [f"- {name}: {value}" for name, value in _pairing_lines(pairing)]
+    parts = [f"# Robust vs normal filters by depth (weights: {form})\n"]
+    parts += [f"- {name}: {value}" for name, value in _pairing_lines(pairing, form)]
     parts += ["\n## Pairs\n", markdown_table(pairing.frame())]
     parts += ["## Metrics per depth bin\n", _TEST_NOTES + "\n"]
     parts += [f"![box plots]({boxplots.name})\n", markdown_table(statistics)]
@@ -224,11 +272,12 @@ def _html_report(
     summary: pl.DataFrame,
     drift: pl.DataFrame,
     figures: tuple[Path, ...],
+    form: str,
 ) -> str:
     boxplots, drift_plot = figures
-    facts = pl.DataFrame(_pairing_lines(pairing), schema=["", "value"], orient="row")
+    facts = pl.DataFrame(_pairing_lines(pairing, form), schema=["", "value"], orient="row")
     sections = [
-        "<h1>Robust vs normal filters by depth</h1>",
+        f"<h1>Robust vs normal filters by depth (weights: {html.escape(form)})</h1>",
         html_table(facts),
         "<h2>Summary</h2>",
         f"<p>{html.escape(_TEST_NOTES)}</p>",

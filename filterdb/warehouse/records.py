@@ -46,6 +46,22 @@ def check_model_name(name: str) -> str:
     return name
 
 
+# How a model's filters are stored (SPEC section 4, weights form): the checkpoint's tensors,
+# BatchNorm folded in as the TorchScript ONNX exporter does, or an ONNX file as it is.
+WEIGHTS_FORMS = ("raw", "bn_folded", "as_exported")
+# A model name with this suffix holds folded weights of the checkpoint named before it.
+FOLDED_NAME_SUFFIX = "+bn_folded"
+
+
+def folded_name(name: str) -> str:
+    """The default stored name of a folded model: ``name`` + ``+bn_folded``.
+
+    A checkpoint ingested raw and folded gives two models; the suffix keeps both names
+    unique (SPEC section 4: model names are unique).
+    """
+    return f"{name}{FOLDED_NAME_SUFFIX}"
+
+
 @dataclass
 class TrainingInfo:
     """How a model was trained: one row of the ``training`` table (SPEC section 4)."""
@@ -106,6 +122,8 @@ class ModelInfo:
     family: str | None = None
     n_parameters: int | None = None
     producer: str | None = None
+    # One of WEIGHTS_FORMS; part of the model's identity with the checkpoint's bytes.
+    weights_form: str = "raw"
     training: TrainingInfo = field(default_factory=TrainingInfo)
 
     def __post_init__(self) -> None:

@@ -59,6 +59,10 @@ model = sa.Table(
     sa.Column("max_conv_depth", sa.Integer, nullable=False),
     sa.Column("n_unreached_convs", sa.Integer, nullable=False, server_default="0"),
     sa.Column("ingested_at", sa.DateTime, nullable=False),
+    # Last, where migration 0003's ALTER TABLE put it: raw, bn_folded or as_exported
+    # (records.WEIGHTS_FORMS, SPEC section 4), checked when written (no CHECK constraint:
+    # DuckDB cannot add one to an existing table).
+    sa.Column("weights_form", sa.String, nullable=False, server_default="raw"),
     sa.UniqueConstraint("name"),
 )
 

@@ -77,10 +77,15 @@ _TRAINING_COLUMNS = {
     "eps": "Attack budget as a number (8/255 -> 0.0313...), NULL when unknown.",
     "clean_acc": "Clean accuracy in percent, NULL when unknown.",
     "robust_acc": "Robust accuracy in percent (external evaluation, else AutoAttack).",
+    "weights_form": (
+        "How the filters are stored: raw (the checkpoint's tensors), bn_folded (BatchNorm "
+        "folded in as the TorchScript ONNX exporter does: the papers' data) or as_exported "
+        "(an ONNX file as it is)."
+    ),
 }
 _TRAINING_SELECT = """m.architecture, t.training_dataset, t.training_type,
     (t.training_type = 'adversarial') AS robust, t.threat_model, t.eps, t.clean_acc,
-    t.robust_acc"""
+    t.robust_acc, m.weights_form"""
 
 V_MODELS = View(
     name="v_models",
@@ -109,7 +114,10 @@ V_MODELS = View(
         "n_filters": "Number of stored 3x3 filters.",
         "n_unreached_convs": "3x3 convs in the checkpoint that the forward pass never runs.",
         "depth_method": "How conv depth was found: graph, onnx, execution_order, key_order.",
-        "checkpoint_sha256": "SHA-256 of the checkpoint file(s): the model's identity.",
+        "weights_form": _TRAINING_COLUMNS["weights_form"],
+        "checkpoint_sha256": (
+            "SHA-256 of the checkpoint file(s): with weights_form, the model's identity."
+        ),
         "ingested_at": "When the model was stored (UTC).",
     },
     sql="""
@@ -119,7 +127,7 @@ SELECT m.model_id, m.name AS model_name, m.source, m.architecture, m.family,
     t.extra_data, t.clean_acc, t.robust_acc, t.corruptions_acc, t.venue, t.paper_url,
     CAST(COALESCE(c.n_layers, 0) AS BIGINT) AS n_layers,
     CAST(COALESCE(c.n_filters, 0) AS BIGINT) AS n_filters,
-    m.n_unreached_convs, c.depth_method, m.checkpoint_sha256, m.ingested_at
+    m.n_unreached_convs, c.depth_method, m.weights_form, m.checkpoint_sha256, m.ingested_at
 FROM model m
 LEFT JOIN training t ON t.model_id = m.model_id
 LEFT JOIN (

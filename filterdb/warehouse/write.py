@@ -63,6 +63,7 @@ def write_model(connection: Connection, extracted: ExtractedModel) -> int:
             n_parameters=info.n_parameters,
             checkpoint_sha256=info.checkpoint_sha256,
             producer=info.producer,
+            weights_form=info.weights_form,
             max_conv_depth=extracted.max_conv_depth,
             n_unreached_convs=extracted.n_unreached_convs,
             ingested_at=utc_now(),

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from filterdb.errors import SourceError
-from filterdb.warehouse.records import ModelInfo, check_model_name
+from filterdb.warehouse.records import ModelInfo, TrainingInfo, check_model_name
 
 # Stored filters are float32; a float16 or bfloat16 file doubles its bytes. More than this
 # many times the files' bytes cannot come from real weights: a 1.8 kB torch file whose
@@ -70,13 +70,33 @@ class Candidate:
     """A model about to be ingested: its identity is known, its weights not yet loaded.
 
     ``read`` loads the weights and returns the :class:`ModelSource`; ``paths`` are the
-    checkpoint files whose bytes identify the model.
+    checkpoint files whose bytes identify the model, together with ``weights_form``
+    (``raw``, ``bn_folded`` or ``as_exported``): the same bytes stored in another form are
+    another model (SPEC section 4).
     """
 
     name: str
     source: str
     paths: list[Path]
     read: Callable[[], ModelSource]
+    weights_form: str = "raw"
+
+
+def require_untargeted_normal(training: TrainingInfo | None) -> None:
+    """Refuse a normally trained model that carries a threat model or an attack budget.
+
+    Normal training has no attack: a threat model or eps on it would put the model among
+    Linf or L2 ones wherever training metadata is grouped.
+    """
+    if training is None or training.training_type != "normal":
+        return
+    options = (("--threat-model", training.threat_model), ("--eps", training.eps_text))
+    given = [option for option, value in options if value is not None]
+    if given:
+        raise SourceError(
+            f"a normally trained model has no threat model or attack budget, but "
+            f"{' and '.join(given)} was given; drop it, or pass --training adversarial"
+        )
 
     def __post_init__(self) -> None:
         check_model_name(self.name)

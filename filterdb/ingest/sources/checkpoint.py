@@ -17,8 +17,14 @@ from pathlib import Path
 import torch
 
 from filterdb.errors import SourceError
-from filterdb.ingest.sources.base import Candidate, ConvLayer, ModelSource, load_tensors
-from filterdb.warehouse.records import ModelInfo, TrainingInfo
+from filterdb.ingest.sources.base import (
+    Candidate,
+    ConvLayer,
+    ModelSource,
+    load_tensors,
+    require_untargeted_normal,
+)
+from filterdb.warehouse.records import ModelInfo, TrainingInfo, folded_name
 
 # Wrappers seen around state_dicts in the wild, and prefixes left by DataParallel and
 # Lightning-style wrappers.
@@ -53,12 +59,16 @@ def read_checkpoint(
     architecture: str | None = None,
     training: TrainingInfo | None = None,
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    fold_batchnorm: bool = False,
 ) -> ModelSource:
     """A :class:`ModelSource` for a state_dict file, optionally with an architecture.
 
     ``arch`` builds the network (for graph depth); ``architecture`` is the name stored for
-    pairing and grouping (default: ``arch``).
+    pairing and grouping (default: ``arch``). ``fold_batchnorm`` folds each BatchNorm that
+    consumes a conv's output into that conv, as the TorchScript ONNX exporter does in eval
+    mode (weights form ``bn_folded``, default name ``<stem>+bn_folded``); it needs ``arch``.
     """
+    _require_arch_to_fold(arch, fold_batchnorm)
     state_dict = load_state_dict(path)
     if arch is None:
         convs = convs_in_key_order(state_dict)
@@ -67,21 +77,34 @@ def read_checkpoint(
         module = build_architecture(arch, state_dict, checkpoint=path)
         from filterdb.ingest.sources.torch_graph import trace_convs
 
-        traced = trace_convs(module, input_shape=input_shape)
+        traced = trace_convs(module, input_shape=input_shape, fold_batchnorm=fold_batchnorm)
         convs, depth_method = traced.convs, traced.depth_method
         n_unreached = traced.n_unreached_convs
         arch_name, family = arch, type(module).__name__
     info = ModelInfo(
-        name=name or path.stem,
+        name=name or _default_name(path, fold_batchnorm),
         source="checkpoint",
         source_uri=str(path),
         architecture=architecture or arch_name,
         family=family,
         n_parameters=parameter_count(state_dict),
         producer=f"torch {torch.__version__}",
+        weights_form="bn_folded" if fold_batchnorm else "raw",
         training=training or TrainingInfo(),
     )
     return ModelSource(info, convs, depth_method, n_unreached)
+
+
+def _default_name(path: Path, fold_batchnorm: bool) -> str:
+    return folded_name(path.stem) if fold_batchnorm else path.stem
+
+
+def _require_arch_to_fold(arch: str | None, fold_batchnorm: bool) -> None:
+    if fold_batchnorm and arch is None:
+        raise SourceError(
+            "--fold-batchnorm needs the architecture, to find which BatchNorm follows which "
+            "conv; pass --arch (robustbench:..., timm:... or torchvision:...)"
+        )
 
 
 def convs_in_key_order(state_dict: Mapping[str, torch.Tensor]) -> list[ConvLayer]:
@@ -175,12 +198,19 @@ def checkpoint_candidate(
     architecture: str | None = None,
     training: TrainingInfo | None = None,
     input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    fold_batchnorm: bool = False,
 ) -> Candidate:
-    """A checkpoint file as an ingest :class:`Candidate` (nothing is loaded yet)."""
+    """A checkpoint file as an ingest :class:`Candidate` (nothing is loaded yet).
+
+    Raises :class:`SourceError` for a missing file, ``fold_batchnorm`` without ``arch``,
+    or a normally trained model given a threat model or eps.
+    """
     if not path.is_file():
         raise SourceError(f"no checkpoint at {path}; check the path")
+    _require_arch_to_fold(arch, fold_batchnorm)
+    require_untargeted_normal(training)
     return Candidate(
-        name=name or path.stem,
+        name=name or _default_name(path, fold_batchnorm),
         source="checkpoint",
         paths=[path],
         read=lambda: read_checkpoint(
@@ -190,5 +220,7 @@ def checkpoint_candidate(
             architecture=architecture,
             training=training,
             input_shape=input_shape,
+            fold_batchnorm=fold_batchnorm,
         ),
+        weights_form="bn_folded" if fold_batchnorm else "raw",
     )

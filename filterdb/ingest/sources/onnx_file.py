@@ -19,7 +19,13 @@ from google.protobuf.message import DecodeError
 from onnx import AttributeProto, GraphProto, ModelProto, NodeProto, TensorProto, numpy_helper
 
 from filterdb.errors import CheckpointMissing, SourceError
-from filterdb.ingest.sources.base import Candidate, ConvLayer, ModelSource, looks_like_html
+from filterdb.ingest.sources.base import (
+    Candidate,
+    ConvLayer,
+    ModelSource,
+    looks_like_html,
+    require_untargeted_normal,
+)
 from filterdb.warehouse.records import ModelInfo, TrainingInfo
 
 # Graph names that tell nothing of the architecture: none, or an exporter's default name.
@@ -41,11 +47,13 @@ def onnx_candidate(
     for a missing or unreadable file or external data file.
     """
     path = Path(path)
+    require_untargeted_normal(training)
     return Candidate(
         name=name or path.stem,
         source="onnx",
         paths=[path, *_external_files(path, _parse(path))],
         read=lambda: read_onnx(path, name=name, training=training),
+        weights_form="as_exported",
     )
 
 
@@ -112,6 +120,7 @@ def read_onnx(
         architecture=None if graph.name in UNINFORMATIVE_GRAPH_NAMES else graph.name,
         n_parameters=_n_parameters(graph),
         producer=producer or None,
+        weights_form="as_exported",
         training=training or TrainingInfo(),
     )
     return ModelSource(info=info, convs=convs, depth_method="onnx")

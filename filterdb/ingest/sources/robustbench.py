@@ -73,6 +73,7 @@ def zoo_candidate(
     model_dir: Path,
     leaderboard: LeaderboardEntry | None = None,
     device: str | torch.device = "cpu",
+    fold_batchnorm: bool = False,
 ) -> Candidate:
     """A zoo entry as an ingest :class:`Candidate`; its checkpoint files must be in place.
 
@@ -81,7 +82,9 @@ def zoo_candidate(
     paths = checkpoint_paths(name, dataset=dataset, threat_model=threat_model, model_dir=model_dir)
     _require_files(paths, name=name, dataset=dataset, threat_model=threat_model)
     return Candidate(
-        name=zoo_model_name(name, dataset=dataset, threat_model=threat_model),
+        name=zoo_model_name(
+            name, dataset=dataset, threat_model=threat_model, fold_batchnorm=fold_batchnorm
+        ),
         source=SOURCE,
         paths=paths,
         read=lambda: load_zoo_model(
@@ -91,7 +94,9 @@ def zoo_candidate(
             model_dir=model_dir,
             leaderboard=leaderboard,
             device=device,
+            fold_batchnorm=fold_batchnorm,
         ),
+        weights_form="bn_folded" if fold_batchnorm else "raw",
     )
 
 
@@ -103,6 +108,7 @@ def load_zoo_model(
     model_dir: Path,
     leaderboard: LeaderboardEntry | None = None,
     device: str | torch.device = "cpu",
+    fold_batchnorm: bool = False,
 ) -> ModelSource:
     """Load a zoo entry from robustbench's cache under ``model_dir``, offline.
 
@@ -111,6 +117,9 @@ def load_zoo_model(
     are the convs its forward pass reaches, ensemble members traced one by one with their
     layer names prefixed ``m0.``, ``m1.``, ... (SPEC section 4). Training metadata comes
     from ``leaderboard`` when given, else only what the zoo tells (the Standard rule).
+    ``fold_batchnorm`` folds each BatchNorm that consumes a conv's output into that conv, as
+    the papers' ONNX exports had it (:mod:`filterdb.ingest.batchnorm`); the model is then
+    named ``<dataset>/<threat_model>/<name>+bn_folded`` with weights form ``bn_folded``.
 
     Raises
     ------
@@ -139,13 +148,15 @@ def load_zoo_model(
     if _is_ensemble(spec):
         members = _ensemble_members(model, name, n_members=len(paths))
         traced = [
-            trace_convs(member, input_shape=input_shape, prefix=f"m{i}.")
+            trace_convs(
+                member, input_shape=input_shape, prefix=f"m{i}.", fold_batchnorm=fold_batchnorm
+            )
             for i, member in enumerate(members)
         ]
         families = {_family(member) for member in members}
         family = families.pop() if len(families) == 1 else type(model).__name__
     else:
-        traced = [trace_convs(model, input_shape=input_shape)]
+        traced = [trace_convs(model, input_shape=input_shape, fold_batchnorm=fold_batchnorm)]
         family = _family(model)
     depth_methods = {t.depth_method for t in traced}
     # A member that fx cannot trace falls back to execution order; the model's depths are
@@ -159,7 +170,9 @@ def load_zoo_model(
         f"{family} ({n_parameters:,} parameters)"
     )
     info = ModelInfo(
-        name=zoo_model_name(name, dataset=dataset, threat_model=threat_model),
+        name=zoo_model_name(
+            name, dataset=dataset, threat_model=threat_model, fold_batchnorm=fold_batchnorm
+        ),
         source=SOURCE,
         # robustbench's model path; an ensemble's member files carry it as their prefix.
         source_uri=str(paths[0].with_name(f"{name}.pt")),
@@ -167,6 +180,7 @@ def load_zoo_model(
         family=family,
         n_parameters=n_parameters,
         producer=PRODUCER,
+        weights_form="bn_folded" if fold_batchnorm else "raw",
         training=training,
     )
     return ModelSource(

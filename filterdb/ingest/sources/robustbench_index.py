@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 from filterdb.errors import SourceError
+from filterdb.warehouse.records import folded_name
 
 # The model.source of zoo entries.
 SOURCE = "robustbench"
@@ -41,13 +42,17 @@ def zoo_entries(dataset: str, threat_model: str) -> list[str]:
     return list(_entries(dataset, threat_model))
 
 
-def zoo_model_name(name: str, *, dataset: str, threat_model: str) -> str:
+def zoo_model_name(
+    name: str, *, dataset: str, threat_model: str, fold_batchnorm: bool = False
+) -> str:
     """The stored model name of a zoo entry: ``<dataset>/<threat_model>/<name>``.
 
     Entry names repeat across datasets (``Standard``, ``Bai2024MixedNUTS``), model names
-    in the database are unique (SPEC section 4).
+    in the database are unique (SPEC section 4). Folded weights are another model of the
+    same entry: ``<dataset>/<threat_model>/<name>+bn_folded``.
     """
-    return f"{dataset}/{threat_model}/{name}"
+    stored = f"{dataset}/{threat_model}/{name}"
+    return folded_name(stored) if fold_batchnorm else stored
 
 
 def checkpoint_paths(name: str, *, dataset: str, threat_model: str, model_dir: Path) -> list[Path]:

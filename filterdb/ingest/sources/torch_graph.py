@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from filterdb.errors import SourceError
+from filterdb.ingest.batchnorm import fold_weight, folding_batchnorm
 from filterdb.ingest.sources.base import ConvLayer
 
 logger = logging.getLogger(__name__)
@@ -42,16 +43,22 @@ class TracedConvs:
     ``convs`` holds convs of every kernel size (1x1 shortcuts included, SPEC section 5) in
     state_dict key order of their weights. ``depth_method`` is ``"graph"`` or
     ``"execution_order"``. ``n_unreached_convs`` counts the 3x3 ``nn.Conv2d`` modules that
-    the forward pass never runs (SPEC section 4).
+    the forward pass never runs (SPEC section 4). ``n_folded`` counts the convs whose
+    weight had a BatchNorm folded in (0 unless folding was asked for).
     """
 
     convs: list[ConvLayer]
     depth_method: str
     n_unreached_convs: int
+    n_folded: int = 0
 
 
 def trace_convs(
-    module: nn.Module, *, input_shape: tuple[int, ...] = (1, 3, 32, 32), prefix: str = ""
+    module: nn.Module,
+    *,
+    input_shape: tuple[int, ...] = (1, 3, 32, 32),
+    prefix: str = "",
+    fold_batchnorm: bool = False,
 ) -> TracedConvs:
     """Find the convs ``module`` runs at inference and their depths in its graph.
 
@@ -74,18 +81,32 @@ def trace_convs(
     detached, not copied. Convs whose weight is not in the state_dict (a parametrised
     weight, say) come after the others, in call order.
 
+    With ``fold_batchnorm``, a conv whose (first call's) output feeds only a BatchNorm
+    with running statistics gets that BatchNorm folded into a new weight tensor, where and
+    as the TorchScript ONNX exporter folds it in eval mode
+    (:mod:`filterdb.ingest.batchnorm`). That needs the torch.fx graph.
+
     Raises
     ------
     SourceError
-        The model neither traces nor runs on a dummy input of ``input_shape``.
+        The model neither traces nor runs on a dummy input of ``input_shape``; or
+        ``fold_batchnorm`` is asked for a model that torch.fx cannot trace.
     """
     graph = _symbolic_graph(module)
+    n_folded = 0
     if graph is None:
+        if fold_batchnorm:
+            raise SourceError(
+                f"{type(module).__name__} does not trace with torch.fx, so filterdb cannot "
+                "tell which BatchNorm follows which conv; ingest it without --fold-batchnorm, "
+                "or export it to ONNX and use `filterdb ingest onnx`"
+            )
         found = _convs_by_execution_order(module, input_shape)
         depth_method = "execution_order"
     else:
-        found = _convs_in_graph(module, graph)
+        found = _convs_in_graph(module, graph, fold_batchnorm=fold_batchnorm)
         depth_method = "graph"
+        n_folded = sum(conv.folded for conv in found.values())
 
     state_position = {key: index for index, key in enumerate(module.state_dict(keep_vars=True))}
     in_state_dict_order = sorted(
@@ -94,6 +115,7 @@ def trace_convs(
     return TracedConvs(
         convs=[replace(conv.layer, name=prefix + conv.layer.name) for conv in in_state_dict_order],
         depth_method=depth_method,
+        n_folded=n_folded,
         n_unreached_convs=sum(
             1
             for name, conv in module.named_modules()
@@ -108,6 +130,7 @@ def trace_convs(
 class _FoundConv:
     layer: ConvLayer
     weight_key: str  # where the weight sits in the state_dict, to order the convs
+    folded: bool = False
 
 
 class _ConvLeafTracer(fx.Tracer):
@@ -135,7 +158,9 @@ def _symbolic_graph(module: nn.Module) -> fx.Graph | None:
             return None
 
 
-def _convs_in_graph(module: nn.Module, graph: fx.Graph) -> dict[str, _FoundConv]:
+def _convs_in_graph(
+    module: nn.Module, graph: fx.Graph, *, fold_batchnorm: bool = False
+) -> dict[str, _FoundConv]:
     depth: dict[fx.Node, int] = {}
     found: dict[str, _FoundConv] = {}
     for node in graph.nodes:  # fx graphs are in topological order
@@ -145,6 +170,13 @@ def _convs_in_graph(module: nn.Module, graph: fx.Graph) -> dict[str, _FoundConv]
         # A conv called several times keeps its first call, the first node in graph order,
         # as the hook fallback keeps the first call it sees.
         if conv is not None and conv.layer.name not in found:
+            batchnorm = folding_batchnorm(module, node) if fold_batchnorm else None
+            if batchnorm is not None:
+                conv = replace(
+                    conv,
+                    layer=replace(conv.layer, weight=fold_weight(conv.layer.weight, batchnorm)),
+                    folded=True,
+                )
             found[conv.layer.name] = conv
     return found
 
