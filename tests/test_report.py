@@ -21,8 +21,8 @@ import torch
 from conftest import BACKENDS, fresh_postgres_database
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import oracle, oracle_drifts
 from scipy import stats
-from test_layer_metrics import oracle
 from typer.testing import CliRunner
 
 from filterdb.analysis import comparison
@@ -38,7 +38,7 @@ from filterdb.cli.main import app
 from filterdb.errors import FilterdbError, NoPCA, PairingError
 from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
-from filterdb.metrics.drift import drift_matrix, drift_series
+from filterdb.metrics.drift import drift_matrix
 from filterdb.reports.compare import compare_models
 from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 from filterdb.warehouse import migrate
@@ -337,10 +337,10 @@ def test_drift_series_uses_one_basis_for_all_bins(zoo_url, auto_report):
     pooled = independent_scaled_filters(zoo_url, role_of, role_of)
     drift = auto_report.drift.sort("depth_bin_index")
     labels = drift["depth_bin"].to_list()
-    expected = drift_series({b: (pooled[("robust", b)], pooled[("normal", b)]) for b in labels})
-    assert drift["drift"].to_list() == pytest.approx(
-        [expected.values[b] for b in labels], rel=1e-12
-    )
+    # The oracle of tests/oracles.py: one PCA over every bin's filters, then each bin's pair.
+    groups = {f"{role} {b}": pooled[(role, b)] for role in ("robust", "normal") for b in labels}
+    expected = oracle_drifts(groups, [(f"robust {b}", f"normal {b}") for b in labels])
+    assert drift["drift"].to_list() == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert drift["n_robust_filters"].to_list() == [len(pooled[("robust", b)]) for b in labels]
     # A basis per bin gives other values: the report's series is not that.
     per_bin = [
