@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import functools
+import html.parser
 import itertools
 import math
 import re
@@ -502,3 +503,88 @@ def test_cli_compare_writes_csv(zoo_url, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(PROFILE_METRICS) * 3
     assert {"metric", "depth_bin", "value_a", "value_b", "difference"} <= set(rows[0])
+
+
+# --- the report's tables, parsed back ---------------------------------------------------------
+
+
+class _Tables(html.parser.HTMLParser):
+    """Every <table> of a page as rows of cell texts, keyed by the <h2> (or <h1>) above it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.heading, self.in_heading, self.cell = "", False, None
+        self.table: list[list[str]] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h1", "h2"):
+            self.heading, self.in_heading = "", True
+        elif tag == "table":
+            self.table = self.tables.setdefault(self.heading, [])
+        elif tag == "tr" and self.table is not None:
+            self.table.append([])
+        elif tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("h1", "h2"):
+            self.in_heading = False
+        elif tag == "table":
+            self.table = None
+        elif tag in ("td", "th") and self.table is not None:
+            self.table[-1].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.in_heading:
+            self.heading += data
+        elif self.cell is not None:
+            self.cell += data
+
+
+def _markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    """Every Markdown table, keyed by the ``## `` heading above it; ``\\|`` unescaped."""
+    tables: dict[str, list[list[str]]] = {}
+    heading = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        elif line.startswith("|") and not set(line) <= set("|-"):
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+            tables.setdefault(heading, []).append([c.strip().replace("\\|", "|") for c in cells])
+    return tables
+
+
+def _assert_table_shows(parsed: list[list[str]], frame) -> None:
+    """Header and every cell of ``parsed`` against ``frame``, at 4 significant digits."""
+    header, *body = parsed
+    assert header == frame.columns
+    assert len(body) == frame.height > 0
+    for shown, row in zip(body, frame.iter_rows(), strict=True):
+        for text, value in zip(shown, row, strict=True):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                assert text == "n/a"
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                assert text == str(value)
+            else:
+                assert float(text) == pytest.approx(value, rel=5e-4, abs=1e-300)
+
+
+def test_html_and_markdown_tables_show_the_statistics(auto_report):
+    parser = _Tables()
+    parser.feed(auto_report.html.read_text(encoding="utf-8"))
+    pages = {
+        "html": parser.tables,
+        "markdown": _markdown_tables(auto_report.summary_md.read_text(encoding="utf-8")),
+    }
+    frames = {
+        "Metrics per depth bin": auto_report.statistics,
+        "Drift by depth": auto_report.drift,
+        "Pairs": auto_report.pairing.frame(),
+    }
+    for page, tables in pages.items():
+        for heading, frame in frames.items():
+            assert heading in tables, (page, heading)
+            _assert_table_shows(tables[heading], frame)
+    _assert_table_shows(parser.tables["Summary"], auto_report.summary)
