@@ -378,3 +378,43 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
     def log_message(self, *args) -> None:
         pass
+
+
+# --- an ensemble end to end ------------------------------------------------------------------
+
+ENSEMBLE = ("cifar10", "Linf", "Chen2020Adversarial")  # the smallest ensemble: 3 ResNet-50
+
+
+def test_an_ensemble_through_the_cli_stores_every_member_prefixed(duckdb_url, tmp_path):
+    dataset, threat, name = ENSEMBLE
+    torch.manual_seed(4)  # each member draws its own random weights
+    ensemble = zoo.build_zoo_architecture(name, dataset=dataset, threat_model=threat)
+    members = [member.state_dict() for member in ensemble.models]
+    directory = tmp_path / dataset / threat
+    directory.mkdir(parents=True)
+    for i, member in enumerate(members):
+        torch.save(member, directory / f"{name}.pt_m{i}.pt")  # robustbench's file names
+    result = invoke(
+        "--db", duckdb_url, "ingest", "robustbench", "--dataset", dataset, "--threat-model",
+        threat, "--model", name, "--model-dir", tmp_path, "-q", "--device", "cpu",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    layers = rows(duckdb_url, "SELECT model_name, layer_name FROM v_layers ORDER BY conv_index")
+    kernels = [
+        (f"m{i}.{key.removesuffix('.weight')}", weight)
+        for i, member in enumerate(members)
+        for key, weight in member.items()
+        if weight.ndim == 4 and weight.shape[-2:] == (3, 3)
+    ]
+    assert sorted(layers["layer_name"]) == sorted(layer for layer, _ in kernels)
+    assert {layer.split(".")[0] for layer in layers["layer_name"]} == {"m0", "m1", "m2"}
+    (model_name,) = set(layers["model_name"])
+    stored = rows(
+        duckdb_url,
+        f"SELECT layer_name, {WEIGHTS} FROM v_filters WHERE model_name = '{model_name}' "
+        "ORDER BY layer_name, filter_index",
+    )
+    for (layer,), frame in stored.group_by("layer_name", maintain_order=True):
+        weight = dict(kernels)[layer].reshape(-1, 9)
+        assert np.array_equal(bits(frame.drop("layer_name").to_numpy()), bits(weight)), layer
