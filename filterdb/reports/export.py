@@ -127,7 +127,9 @@ def export_hdf5(
       ``model_id, conv_depth, conv_depth_norm, layer_id``; ``filter_ids`` is the layer's
       rows as ``"start:end"``, end inclusive. Beside the columns SPEC 7a names it holds the
       other columns of the robustness paper's meta.csv (NaN where filterdb does not know
-      them), ``layer_name`` and ``producer``.
+      them), ``layer_name`` and ``producer``. It reads alike in pandas 1.1.4 (the published
+      notebooks' pins) to 3.x: text columns are str with NaN for unknown, and the table
+      carries the ``pandas_version`` attribute that pandas before 3.0 needs.
     - Root attributes: ``filterdb_version``, ``depth_method`` (the methods used, comma
       separated), ``source_database`` (the URL, password hidden) and ``exported_at`` (UTC).
 
