@@ -28,7 +28,7 @@ def postgres_server_url() -> str:
     url = os.environ.get("FILTERDB_TEST_POSTGRES_URL")
     if url:
         return url
-    if os.environ.get("FILTERDB_REQUIRE_POSTGRES") == "1":
+    if under_ci():
         pytest.fail("FILTERDB_REQUIRE_POSTGRES=1 but FILTERDB_TEST_POSTGRES_URL is not set")
     pytest.skip("no PostgreSQL server: set FILTERDB_TEST_POSTGRES_URL (see .ci/postgres.sh)")
 
@@ -74,10 +74,21 @@ def duckdb_url(tmp_path) -> str:
 
 @pytest.fixture
 def shared_data() -> Path:
-    """``../shared/data``; tests that need it skip cleanly when it is absent."""
+    """``../shared/data``; tests that need it skip when it is absent, and fail under CI.
+
+    CI (``FILTERDB_REQUIRE_POSTGRES=1``) runs beside a copy of ``shared/``: a missing one
+    there means the tests that read the papers' data would pass without running.
+    """
     if not SHARED_DATA.is_dir():
+        if under_ci():
+            pytest.fail(f"{SHARED_DATA} is not here, and CI (FILTERDB_REQUIRE_POSTGRES=1) needs it")
         pytest.skip(f"{SHARED_DATA} is not here")
     return SHARED_DATA
+
+
+def under_ci() -> bool:
+    """Whether this is CI's run (``.ci/run`` sets ``FILTERDB_REQUIRE_POSTGRES=1``)."""
+    return os.environ.get("FILTERDB_REQUIRE_POSTGRES") == "1"
 
 
 HOLD_LOCK = """

@@ -21,7 +21,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from test_metrics_cache import trained_state_dict
+from oracles import trained_state_dict
 from typer.testing import CliRunner, Result
 
 from filterdb.analysis import pca_drift as analysis

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from oracles import assert_one_line_error
 from typer.testing import CliRunner
 
 from filterdb.cli.main import app
@@ -13,17 +14,6 @@ runner = CliRunner()
 
 def invoke(*args: str):
     return runner.invoke(app, list(args))
-
-
-def assert_one_line_error(result, *fragments: str) -> None:
-    assert result.exit_code == 1, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit)
-    lines = result.output.strip().splitlines()
-    assert len(lines) == 1, result.output
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    for fragment in fragments:
-        assert fragment in lines[0]
 
 
 def test_init_then_current_reports_head(empty_db_url):

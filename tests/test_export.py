@@ -14,8 +14,7 @@ import polars as pl
 import pytest
 import sqlalchemy as sa
 import torch
-from test_cli_foundation import assert_one_line_error
-from test_metrics_cache import trained_state_dict
+from oracles import assert_one_line_error, bits, checkpoint_filters, trained_state_dict
 from typer.testing import CliRunner
 
 import filterdb
@@ -67,16 +66,6 @@ def duckdb_models(tmp_path_factory) -> tuple[str, dict[str, dict[str, torch.Tens
     url = f"duckdb:///{folder / 'test.duckdb'}"
     migrate.upgrade(url=url)
     return url, store(url, folder)
-
-
-def checkpoint_filters(state: dict[str, torch.Tensor]) -> np.ndarray:
-    """Every 3x3 kernel of a state dict, (n, 9), layers in key order: no filterdb code."""
-    kernels = [w.reshape(-1, 9).numpy() for w in state.values() if w.shape[-2:] == (3, 3)]
-    return np.concatenate(kernels)
-
-
-def bits(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array, dtype=np.float32).view(np.uint32)
 
 
 def stored_rows(url: str, sql: str) -> pl.DataFrame:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -68,18 +70,22 @@ def test_read_ahead_keeps_order_and_raises_the_producers_error():
 
 def test_read_ahead_stops_its_thread_when_closed_early():
     produced = []
+    producers = set()
 
     def endless():
         for i in range(10**9):
+            producers.add(threading.current_thread())
             produced.append(i)
             yield i
 
     reader = fetch.read_ahead(endless())
     assert [next(reader) for _ in range(3)] == [0, 1, 2]
+    (producer,) = producers
+    assert producer is not threading.current_thread()
     reader.close()
-    count = len(produced)
-    assert count <= 6  # the consumer's three, and at most a few read ahead
-    assert len(produced) == count
+    # close() returns only once the producing thread has ended: nothing is produced after.
+    assert not producer.is_alive()
+    assert len(produced) <= 6  # the consumer's three, and at most a few read ahead
 
 
 def test_a_damaged_layer_is_a_one_line_database_error(db_url, stored):

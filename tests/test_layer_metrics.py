@@ -1,6 +1,6 @@
 """Per-layer metrics (SPEC section 5) against an independent numpy oracle and known answers.
 
-The oracle below is written from the SPEC text alone, without filterdb code: singular
+The oracle (tests/oracles.py) is written from the SPEC text alone, without filterdb code: singular
 values of the centred filter matrix for the entropies, explicit loops for orthogonality.
 """
 
@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import ENTROPIES, oracle
 
 from filterdb.errors import FilterdbError, MetricError
 from filterdb.metrics.layer import (
@@ -29,7 +30,6 @@ from filterdb.warehouse.views import METRIC_COLUMNS
 EPS_DEPENDENT_METRICS = frozenset(name for name, metric in METRICS.items() if metric.eps_dependent)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-ENTROPIES = ("variance_entropy", "variance_entropy_clean", "variance_entropy_scaled")
 LOG10_9 = math.log10(9)
 # Oracle agreement: 1e-6 relative; entropies of rank-deficient sets (m <= 9 filters) are 0
 # up to rounding noise of about 1e-14 on both sides, hence the absolute floor.
@@ -37,60 +37,6 @@ RTOL, ATOL = 1e-6, 1e-9
 
 
 # --- the oracle: SPEC section 5, restated in plain numpy -------------------------------
-
-
-def oracle_entropy(filters: np.ndarray) -> float | None:
-    m = len(filters)
-    if m < 2:
-        return None
-    singular = np.linalg.svd(filters - filters.mean(axis=0), compute_uv=False)
-    variances = singular**2 / (m - 1)
-    if variances.sum() == 0:
-        return 0.0
-    shares = variances / variances.sum()
-    shares = shares[shares > 0]
-    return float(-np.sum(shares * np.log10(shares)))
-
-
-def oracle_norm(entropy: float | None, m: int) -> float | None:
-    if entropy is None or m < 3:
-        return None
-    h_max = 1.2618047 / (1 + np.exp(-0.88767525 * (np.log2(m) - 2.30436435))) - 0.31050834
-    return entropy / h_max
-
-
-def oracle_orthogonality(weight: np.ndarray) -> float | None:
-    c_out = weight.shape[0]
-    if c_out < 2:
-        return None
-    rows = []
-    for row in weight.reshape(c_out, -1):
-        norm = math.sqrt(sum(x * x for x in row))
-        rows.append(row / norm if norm > 0 else row)
-    total = 0.0
-    for i in range(c_out):
-        for j in range(c_out):
-            total += abs(float(np.dot(rows[i], rows[j])) - (1.0 if i == j else 0.0))
-    return 1 - total / (c_out * (c_out - 1))
-
-
-def oracle(weight: np.ndarray, eps: float = 0.01) -> dict[str, tuple[float | None, int]]:
-    """(value, support) per metric, from the SPEC text."""
-    w = np.asarray(weight, dtype=np.float64)
-    filters = w.reshape(-1, 9)
-    layer_max = np.abs(w).max()
-    sparse = np.array([np.abs(f).max() <= eps * layer_max for f in filters])
-    kept = filters[~sparse]
-    scaled = np.array([f / np.abs(f).max() if np.abs(f).max() > 0 else f for f in kept])
-    result = {"sparsity": (sparse.sum() / len(filters), len(filters))}
-    for name, subset in zip(ENTROPIES, (filters, kept, scaled.reshape(-1, 9)), strict=True):
-        entropy = oracle_entropy(subset)
-        result[name] = (entropy, len(subset))
-        result[f"{name}_norm"] = (oracle_norm(entropy, len(subset)), len(subset))
-    result["orthogonality"] = (oracle_orthogonality(w), w.shape[0])
-    result["l1"] = (np.abs(w).sum(), w.size)
-    result["l2"] = (math.sqrt((w * w).sum()), w.size)
-    return result
 
 
 def assert_matches_oracle(weight, *, eps: float = 0.01, device: str = "cpu") -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
-from test_layer_metrics import oracle
+from oracles import oracle, trained_state_dict
 from typer.testing import CliRunner
 
 import filterdb
@@ -25,31 +25,6 @@ from filterdb.warehouse.views import DEPTH_BIN_LABELS, METRIC_COLUMNS
 
 runner = CliRunner()
 METRIC_RTOL = 1e-6
-
-
-def trained_state_dict(seed: int) -> dict[str, torch.Tensor]:
-    """A tiny CNN trained for a few steps on random data: real, non-random weights."""
-    torch.manual_seed(seed)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 12, 3, padding=1, groups=4),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(12, 6, 3, padding=1),
-        torch.nn.AdaptiveAvgPool2d(1),
-        torch.nn.Flatten(),
-        torch.nn.Linear(6, 3),
-    )
-    optimiser = torch.optim.SGD(net.parameters(), lr=0.1)
-    images, labels = torch.randn(64, 3, 8, 8), torch.randint(0, 3, (64,))
-    for _ in range(20):
-        optimiser.zero_grad()
-        torch.nn.functional.cross_entropy(net(images), labels).backward()
-        optimiser.step()
-    state = net.state_dict()
-    # A sparse corner: filters far below 1% of the layer max, one exactly at the threshold.
-    state["2.weight"][:3] *= 1e-4
-    return state
 
 
 @pytest.fixture
@@ -268,3 +243,23 @@ def test_query_through_the_cli_matches_the_api(db_url, stored_models, tmp_path):
     from_api = filterdb.connect(db_url).query(sql).sort(["model_name", "layer_name"])
     assert from_cli["variance_entropy"].to_list() == from_api["variance_entropy"].to_list()
     assert np.isfinite(from_cli["orthogonality"].to_numpy()).all()
+
+
+def test_a_filter_exactly_at_the_threshold_is_sparse_through_the_database(db_url, stored_models):
+    # trained_state_dict's layer "2": 6 filters scaled by 1e-4, filter 6 peaking exactly at
+    # 0.01 x the layer max, filter 7 one float32 step above it; 24 filters in all.
+    weight = stored_models["normal-a"]["2.weight"].reshape(-1, 9).double()
+    threshold = 0.01 * weight.abs().max().item()
+    assert weight[6].abs().max().item() == threshold < weight[7].abs().max().item()
+    cache.compute_metrics(url=db_url, device="cpu")
+    frame = filterdb.connect(db_url).layer_metrics()
+    row = frame.filter((pl.col("model_name") == "normal-a") & (pl.col("layer_name") == "2"))
+    assert row["sparsity"].to_list() == [7 / 24]
+    with engine_for(db_url) as engine, engine.connect() as connection:
+        supports = read_frame(
+            connection,
+            "SELECT c.metric, c.support FROM metric_cache c JOIN v_layers l USING (layer_id) "
+            "WHERE l.model_name = 'normal-a' AND l.layer_name = '2'",
+        )
+    support = dict(supports.iter_rows())
+    assert support["variance_entropy_clean"] == support["variance_entropy_scaled"] == 24 - 7

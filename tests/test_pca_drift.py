@@ -1,6 +1,6 @@
 """PCA eigen-filters and drift (SPEC section 5) against an oracle written from the SPEC.
 
-The oracle below shares no code with filterdb: plain loops for sparsity and scaling, an
+The oracle (tests/oracles.py) shares no code with filterdb: plain loops for sparsity and scaling, an
 SVD of the centred matrix (not an eigen-decomposition of the covariance) with the
 scikit-learn 0.24.1 sign flip on U, bins found by ``searchsorted`` on the edges, and
 scipy's ``entropy`` for KL, as the robustness paper's notebook did.
@@ -12,12 +12,15 @@ import math
 
 import numpy as np
 import pytest
-import scipy.stats
+import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from oracles import oracle_drifts, oracle_pca, oracle_scale
+from sklearn.decomposition import PCA
 
 from filterdb.errors import FilterdbError, MetricError, NoPCA
-from filterdb.metrics.drift import BINS, drift_matrix, drift_series
+from filterdb.metrics import layer
+from filterdb.metrics.drift import drift_matrix, drift_series
 from filterdb.metrics.pca import _orientation, fit_pca, scale_non_sparse
 
 TOLERANCE = {"rtol": 1e-9, "atol": 1e-12}
@@ -26,57 +29,6 @@ EMPTY = np.empty((0, 9))
 
 
 # --- the oracle, from SPEC section 5 ------------------------------------------------------
-
-
-def oracle_scale(filters: np.ndarray, layer_max: np.ndarray, eps: float = 0.01) -> np.ndarray:
-    rows = []
-    for row, row_layer_max in zip(filters.tolist(), layer_max.tolist(), strict=True):
-        peak = max(abs(weight) for weight in row)
-        if not peak <= eps * row_layer_max:  # sparse: "at most eps times the layer max"
-            rows.append([weight / peak for weight in row])
-    return np.array(rows, dtype=np.float64).reshape(-1, 9)
-
-
-def oracle_pca(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(mean, components, explained variance, ratio): SVD, then flip on U (sklearn 0.24.1)."""
-    n = len(scaled)
-    mean = np.array([math.fsum(scaled[:, j]) / n for j in range(9)])
-    u, s, vt = np.linalg.svd(scaled - mean, full_matrices=False)
-    for k in range(9):
-        if u[np.argmax(np.abs(u[:, k])), k] < 0:
-            u[:, k] *= -1
-            vt[k] *= -1
-    variance = s**2 / (n - 1)
-    return mean, vt, variance, variance / variance.sum()
-
-
-def oracle_distribution(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    edges = np.linspace(lo, hi, BINS + 1)
-    counts = np.zeros(BINS)
-    for value in values:
-        index = BINS - 1 if value == hi else int(np.searchsorted(edges, value, "right")) - 1
-        counts[index] += 1
-    density = counts / (len(values) * (hi - lo) / BINS)
-    density[counts == 0] = FLOAT32_EPS
-    return density / density.sum()
-
-
-def oracle_drifts(groups: dict[str, np.ndarray], pairs: list[tuple[str, str]]) -> list[float]:
-    """Drift of each pair of named groups, with one basis and range over all ``groups``."""
-    groups = {name: group for name, group in groups.items() if len(group)}
-    mean, components, _, ratio = oracle_pca(np.vstack(list(groups.values())))
-    coefficients = {name: (group - mean) @ components.T for name, group in groups.items()}
-    every = np.vstack(list(coefficients.values()))
-    lo, hi = every.min(), every.max()
-    drifts = []
-    for a, b in pairs:
-        total = 0.0
-        for k in range(9):
-            p = oracle_distribution(coefficients[a][:, k], lo, hi)
-            q = oracle_distribution(coefficients[b][:, k], lo, hi)
-            total += ratio[k] * (scipy.stats.entropy(p, q) + scipy.stats.entropy(q, p))
-        drifts.append(total)
-    return drifts
 
 
 # --- data ---------------------------------------------------------------------------------
@@ -140,8 +92,6 @@ def test_scale_non_sparse_matches_oracle_and_drops_an_all_zero_layer():
 
 def test_scale_non_sparse_agrees_with_the_sparsity_metric():
     # SPEC: PCA drops sparse filters "per layer, as in sparsity"; same mask, same scaling.
-    torch = pytest.importorskip("torch")
-    layer = pytest.importorskip("filterdb.metrics.layer")
     raw, layer_max = raw_model(np.random.default_rng(11), [64])
     scaled = scale_non_sparse(raw, layer_max[0])
     metrics = layer.layer_metrics(raw.reshape(-1, 1, 3, 3))
@@ -203,10 +153,7 @@ def test_sign_rule_is_scikit_learn_0_24_1_not_the_newer_rule():
     # flipped to -e_k; the newer rule (largest |entry| of the component) keeps +e_k.
     np.testing.assert_array_equal(result.components, -np.eye(9))
     newer = np.eye(9)
-    sklearn_pca = pytest.importorskip("sklearn.decomposition").PCA
-    np.testing.assert_allclose(
-        sklearn_pca(svd_solver="full").fit(filters).components_, newer, atol=1e-12
-    )
+    np.testing.assert_allclose(PCA(svd_solver="full").fit(filters).components_, newer, atol=1e-12)
     coefficients = result.coefficients(filters)
     extremes = coefficients[np.argmax(np.abs(coefficients), axis=0), range(9)]
     assert np.all(extremes > 0)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import csv
 import functools
+import html.parser
 import itertools
 import math
 import re
@@ -23,8 +24,8 @@ import torch
 from conftest import BACKENDS, fresh_postgres_database
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from oracles import oracle, oracle_drifts
 from scipy import stats
-from test_layer_metrics import oracle
 from typer.testing import CliRunner
 
 from filterdb.analysis import comparison, pca_drift
@@ -41,7 +42,7 @@ from filterdb.cli.main import app
 from filterdb.errors import FilterdbError, NoPCA, PairingError
 from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
-from filterdb.metrics.drift import drift_matrix, drift_series
+from filterdb.metrics.drift import drift_matrix
 from filterdb.reports.compare import compare_models
 from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 from filterdb.warehouse import migrate
@@ -397,10 +398,10 @@ def test_drift_series_uses_one_basis_for_all_bins(zoo_url, auto_report):
     pooled = independent_scaled_filters(zoo_url, role_of, role_of)
     drift = auto_report.drift.sort("depth_bin_index")
     labels = drift["depth_bin"].to_list()
-    expected = drift_series({b: (pooled[("robust", b)], pooled[("normal", b)]) for b in labels})
-    assert drift["drift"].to_list() == pytest.approx(
-        [expected.values[b] for b in labels], rel=1e-12
-    )
+    # The oracle of tests/oracles.py: one PCA over every bin's filters, then each bin's pair.
+    groups = {f"{role} {b}": pooled[(role, b)] for role in ("robust", "normal") for b in labels}
+    expected = oracle_drifts(groups, [(f"robust {b}", f"normal {b}") for b in labels])
+    assert drift["drift"].to_list() == pytest.approx(expected, rel=1e-9, abs=1e-12)
     assert drift["n_robust_filters"].to_list() == [len(pooled[("robust", b)]) for b in labels]
     # A basis per bin gives other values: the report's series is not that.
     per_bin = [
@@ -661,3 +662,88 @@ def test_cli_compare_writes_csv(zoo_url, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(PROFILE_METRICS) * 3
     assert {"metric", "depth_bin", "value_a", "value_b", "difference"} <= set(rows[0])
+
+
+# --- the report's tables, parsed back ---------------------------------------------------------
+
+
+class _Tables(html.parser.HTMLParser):
+    """Every <table> of a page as rows of cell texts, keyed by the <h2> (or <h1>) above it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self.heading, self.in_heading, self.cell = "", False, None
+        self.table: list[list[str]] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag in ("h1", "h2"):
+            self.heading, self.in_heading = "", True
+        elif tag == "table":
+            self.table = self.tables.setdefault(self.heading, [])
+        elif tag == "tr" and self.table is not None:
+            self.table.append([])
+        elif tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("h1", "h2"):
+            self.in_heading = False
+        elif tag == "table":
+            self.table = None
+        elif tag in ("td", "th") and self.table is not None:
+            self.table[-1].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.in_heading:
+            self.heading += data
+        elif self.cell is not None:
+            self.cell += data
+
+
+def _markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    """Every Markdown table, keyed by the ``## `` heading above it; ``\\|`` unescaped."""
+    tables: dict[str, list[list[str]]] = {}
+    heading = ""
+    for line in text.splitlines():
+        if line.startswith("## "):
+            heading = line[3:].strip()
+        elif line.startswith("|") and not set(line) <= set("|-"):
+            cells = re.split(r"(?<!\\)\|", line.strip()[1:-1])
+            tables.setdefault(heading, []).append([c.strip().replace("\\|", "|") for c in cells])
+    return tables
+
+
+def _assert_table_shows(parsed: list[list[str]], frame) -> None:
+    """Header and every cell of ``parsed`` against ``frame``, at 4 significant digits."""
+    header, *body = parsed
+    assert header == frame.columns
+    assert len(body) == frame.height > 0
+    for shown, row in zip(body, frame.iter_rows(), strict=True):
+        for text, value in zip(shown, row, strict=True):
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                assert text == "n/a"
+            elif isinstance(value, bool) or not isinstance(value, int | float):
+                assert text == str(value)
+            else:
+                assert float(text) == pytest.approx(value, rel=5e-4, abs=1e-300)
+
+
+def test_html_and_markdown_tables_show_the_statistics(auto_report):
+    parser = _Tables()
+    parser.feed(auto_report.html.read_text(encoding="utf-8"))
+    pages = {
+        "html": parser.tables,
+        "markdown": _markdown_tables(auto_report.summary_md.read_text(encoding="utf-8")),
+    }
+    frames = {
+        "Metrics per depth bin": auto_report.statistics,
+        "Drift by depth": auto_report.drift,
+        "Pairs": auto_report.pairing.frame(),
+    }
+    for page, tables in pages.items():
+        for heading, frame in frames.items():
+            assert heading in tables, (page, heading)
+            _assert_table_shows(tables[heading], frame)
+    _assert_table_shows(parser.tables["Summary"], auto_report.summary)

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import sqlalchemy as sa
+import tables
 from sqlalchemy.engine import Connection
 
 from filterdb import __version__
@@ -98,7 +99,9 @@ def export_hdf5(
       ``model_id, conv_depth, conv_depth_norm, layer_id``; ``filter_ids`` is the layer's
       rows as ``"start:end"``, end inclusive. Beside the columns SPEC 7a names it holds the
       other columns of the robustness paper's meta.csv (NaN where filterdb does not know
-      them), ``layer_name`` and ``producer``.
+      them), ``layer_name`` and ``producer``. It reads alike in pandas 1.1.4 (the published
+      notebooks' pins) to 3.x: text columns are str with NaN for unknown, and the table
+      carries the ``pandas_version`` attribute that pandas before 3.0 needs.
     - Root attributes: ``filterdb_version``, ``depth_method`` (the methods used, comma
       separated), ``source_database`` (the URL, password hidden) and ``exported_at`` (UTC).
 
@@ -116,6 +119,7 @@ def export_hdf5(
             # pandas (PyTables) writes first and closes the file; h5py then adds the plain
             # datasets beside its table, which PyTables reads past.
             meta.to_hdf(staging, key="meta", format="table", mode="w")
+            _mark_pandas_version(staging)
             with h5py.File(staging, "a") as file:
                 filters = file.create_dataset(
                     "filters", shape=(int(layers["n_filters"].sum()), 9), dtype=np.float32
@@ -213,11 +217,30 @@ def _cnn_filter_db_meta(layers: pl.DataFrame) -> pd.DataFrame:
         "producer",
     )
     meta = frame.to_pandas()
-    strings = [name for name, dtype in frame.schema.items() if dtype == pl.String]
-    # PyTables tables store str columns (NaN for null), never Python objects (SPEC 7a: the
-    # "fixed" format would pickle them).
-    meta[strings] = meta[strings].astype("str")
+    # Text columns go to PyTables as object columns of str with NaN for unknown, the form
+    # every pandas since 1.1 writes and reads alike. astype("str") would not do: pandas 2
+    # turns None into the string "None", and pandas 3's str dtype writes a column kind that
+    # pandas 1 cannot read. A column with no value at all is still text (NaN throughout).
+    text = [name for name, dtype in frame.schema.items() if dtype in (pl.String, pl.Null)]
+    for name in text:
+        meta[name] = pd.Series(
+            [np.nan if value is None else value for value in frame[name].to_list()],
+            index=meta.index,
+            dtype=object,
+        )
     return meta.set_index(list(META_INDEX))
+
+
+# The storage version pandas before 3.0 writes on each object (pandas.io.pytables._version).
+# pandas 3 writes none, and pandas 1 and 2 then read /meta as a pre-0.10.1 file and fail
+# ("'NoneType' object has no attribute 'startswith'"): the notebooks' pandas 1.1.4 among them.
+PANDAS_STORAGE_VERSION = "0.15.2"
+
+
+def _mark_pandas_version(path: Path) -> None:
+    """Give ``/meta`` the ``pandas_version`` attribute, as pandas before 3.0 writes it."""
+    with tables.open_file(path, mode="a") as file:
+        file.root.meta._v_attrs.pandas_version = PANDAS_STORAGE_VERSION
 
 
 def _attributes(url: str | None, layers: pl.DataFrame) -> dict[str, str]:
