@@ -89,7 +89,13 @@ def training_info(
 @app.command()
 def checkpoint(
     context: typer.Context,
-    path: Annotated[Path, typer.Argument(help="A torch state_dict file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A torch state_dict file, a .safetensors file, or a sharded safetensors "
+            "checkpoint (model.safetensors.index.json or its directory)."
+        ),
+    ],
     arch: Annotated[
         str | None,
         typer.Option(
@@ -111,7 +117,12 @@ def checkpoint(
     allow_nonfinite: NonfiniteOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Store the 3x3 filters of a torch checkpoint; all of it or nothing."""
+    """Store the 3x3 filters of a torch or safetensors checkpoint; all of it or nothing.
+
+    float16 and bfloat16 weights are stored as their exact float32 values (v_layers
+    source_dtype keeps the stored dtype); float64 ones are rounded to float32, and the
+    output says by how much; quantized weights are refused.
+    """
     with one_line_errors():
         info = training_info(
             training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
@@ -162,6 +173,114 @@ def onnx(
     )
 
 
+@app.command()
+def timm(
+    context: typer.Context,
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="timm pretrained names NAME[.TAG], e.g. resnet50.a1_in1k (no tag: timm's "
+            "default weights)."
+        ),
+    ],
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision (branch, tag or commit); default main.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (one model only; default timm:NAME.TAG).")
+    ] = None,
+    architecture: ArchitectureOption = None,
+    training_dataset: TrainingDatasetOption = None,
+    training: TrainingOption = Training.normal,
+    threat_model: ThreatOption = None,
+    eps: EpsOption = None,
+    clean_acc: CleanAccOption = None,
+    robust_acc: RobustAccOption = None,
+    paper: PaperOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store timm's pretrained weights, from the Hugging Face Hub cache (fetched if needed).
+
+    HF_HUB_CACHE / HF_HOME say where the cache is; HF_HUB_OFFLINE=1 reads the cache only.
+    Training and pretraining datasets come from the tag (in1k: imagenet) unless given.
+    """
+    from filterdb.ingest.sources.timm_hub import timm_candidate
+
+    if name is not None and len(models) > 1:
+        err_console.print("error: --name names one model; give one NAME with it")
+        raise typer.Exit(2)
+    with one_line_errors():
+        candidates = [
+            timm_candidate(
+                spec,
+                name=name,
+                revision=revision,
+                architecture=architecture,
+                training=training_info(
+                    training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
+                ),
+            )
+            for spec in models
+        ]
+    run_ingest(
+        context,
+        candidates,
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+    )
+
+
+@app.command()
+def hf(
+    context: typer.Context,
+    repo: Annotated[
+        str,
+        typer.Argument(
+            help="Hub model repository ORG/NAME[@REVISION] holding model.safetensors, "
+            "model.safetensors.index.json and shards, or pytorch_model.bin."
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="Model name (default: hf:ORG/NAME).")] = None,
+    architecture: ArchitectureOption = None,
+    training_dataset: TrainingDatasetOption = None,
+    training: TrainingOption = Training.normal,
+    threat_model: ThreatOption = None,
+    eps: EpsOption = None,
+    clean_acc: CleanAccOption = None,
+    robust_acc: RobustAccOption = None,
+    paper: PaperOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store a Hugging Face Hub model's 3x3 filters (cache first; HF_HUB_OFFLINE=1: only).
+
+    A config.json naming a timm architecture builds it for graph depth; otherwise the
+    4-D weights in key order. Identity: the repository, its commit, the files' SHA-256.
+    """
+    from filterdb.ingest.sources.hf_hub import hf_candidate
+
+    with one_line_errors():
+        info = training_info(
+            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
+        )
+        candidate = hf_candidate(repo, name=name, architecture=architecture, training=info)
+    run_ingest(
+        context,
+        [candidate],
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+    )
+
+
 def run_ingest(
     context: typer.Context,
     candidates: list[Candidate],
@@ -184,6 +303,8 @@ def run_ingest(
         )
     for result in results:
         console.print(summary_line(result))
+        for note in result.notes:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
     for line in missing:
         err_console.print(f"missing: {line}", markup=False, soft_wrap=True)
     if missing:

@@ -192,6 +192,7 @@ def test_an_unknown_revision_is_one_line(db_url):
 FROZEN_VIEW_HASHES = {
     "0001": "eb587a6996635d16dcdc9fcd178cd862cc9f1eb4829853d63933db3485d15d74",
     "0002": "6702bab7b7268ff946d9a0ff653c6c72f76ad9936c9f6dd1f05ea6f94a56b29e",
+    "0003": "85c917ae1b64b27446d007e75fc8327ff29f885827732359ec41be40c5a48b64",
 }
 
 

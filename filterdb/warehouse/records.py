@@ -48,6 +48,7 @@ class ModelInfo:
     family: str | None = None
     n_parameters: int | None = None
     producer: str | None = None
+    license: str | None = None
     training: TrainingInfo = field(default_factory=TrainingInfo)
 
 
@@ -67,6 +68,7 @@ class ExtractedLayer:
     dilation: str | None
     max_abs: float
     filters: np.ndarray  # (out_channels * in_channels / groups, 9) float32, C-contiguous
+    source_dtype: str | None = None  # as stored in the checkpoint: float16, bfloat16, ...
 
     @property
     def n_filters(self) -> int:

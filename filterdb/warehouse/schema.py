@@ -59,6 +59,8 @@ model = sa.Table(
     sa.Column("max_conv_depth", sa.Integer, nullable=False),
     sa.Column("n_unreached_convs", sa.Integer, nullable=False, server_default="0"),
     sa.Column("ingested_at", sa.DateTime, nullable=False),
+    # Last, where migration 0003's ALTER TABLE put it.
+    sa.Column("license", sa.String),
     sa.UniqueConstraint("name"),
 )
 
@@ -112,6 +114,8 @@ layer = sa.Table(
     sa.Column("dilation", sa.String),
     sa.Column("n_filters", sa.Integer, nullable=False),
     sa.Column("max_abs", sa.REAL),
+    # float16, bfloat16, float32, float64: the checkpoint's dtype (migration 0003).
+    sa.Column("source_dtype", sa.String),
     sa.UniqueConstraint("model_id", "name"),
 )
 
@@ -165,6 +169,8 @@ ingest_log = sa.Table(
     sa.Column("n_filters", sa.BigInteger),
     sa.Column("n_unreached_convs", sa.Integer),
     sa.Column("error", sa.Text),
+    # What a successful ingest wants known (float64 weights rounded, ...): migration 0003.
+    sa.Column("note", sa.Text),
     sa.CheckConstraint(
         "status IN ('ingested', 'replaced', 'skipped', 'failed')", name="status_known"
     ),

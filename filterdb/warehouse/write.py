@@ -63,6 +63,7 @@ def write_model(connection: Connection, extracted: ExtractedModel) -> int:
             n_parameters=info.n_parameters,
             checkpoint_sha256=info.checkpoint_sha256,
             producer=info.producer,
+            license=info.license,
             max_conv_depth=extracted.max_conv_depth,
             n_unreached_convs=extracted.n_unreached_convs,
             ingested_at=utc_now(),
@@ -109,6 +110,7 @@ def _insert_layer(
             dilation=layer.dilation,
             n_filters=layer.n_filters,
             max_abs=layer.max_abs,
+            source_dtype=layer.source_dtype,
         )
     )
     return layer_id
