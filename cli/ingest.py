@@ -236,6 +236,54 @@ def timm(
 
 
 @app.command()
+def torchvision(
+    context: typer.Context,
+    model: Annotated[str, typer.Argument(help="torchvision model name, e.g. resnet50.")],
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Weights enum member, e.g. IMAGENET1K_V2 (default: DEFAULT)."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: torchvision:MODEL.WEIGHTS).")
+    ] = None,
+    architecture: ArchitectureOption = None,
+    training_dataset: TrainingDatasetOption = None,
+    training: TrainingOption = Training.normal,
+    threat_model: ThreatOption = None,
+    eps: EpsOption = None,
+    clean_acc: CleanAccOption = None,
+    robust_acc: RobustAccOption = None,
+    paper: PaperOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store torchvision's pretrained weights from the torch hub cache ($TORCH_HOME/hub).
+
+    The file-name hash is checked as torchvision does; clean accuracy (ImageNet-1K acc@1),
+    parameter count and recipe link come from the weights' metadata unless given.
+    """
+    from filterdb.ingest.sources.torchvision_hub import torchvision_candidate
+
+    with one_line_errors():
+        info = training_info(
+            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
+        )
+        candidate = torchvision_candidate(
+            model, weights=weights, name=name, architecture=architecture, training=info
+        )
+    run_ingest(
+        context,
+        [candidate],
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+    )
+
+
+@app.command()
 def hf(
     context: typer.Context,
     repo: Annotated[
