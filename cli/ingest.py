@@ -284,6 +284,53 @@ def torchvision(
 
 
 @app.command()
+def manifest(
+    context: typer.Context,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV or Parquet file: columns name, path (checkpoint, .onnx, timm:NAME.TAG, "
+            "torchvision:NAME[.WEIGHTS], hf:ORG/NAME[@REV]) and any of arch, architecture, "
+            "training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper."
+        ),
+    ],
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store many models from one manifest, in one process; unchanged rows are skipped.
+
+    A failed row is reported and the rest go on; the exit status is 1 when any row failed.
+    Each model is stored whole or not at all, so after a crash a rerun finishes the job.
+    """
+    from filterdb.cli.progress import models_progress
+    from filterdb.ingest.manifest import ingest_manifest, read_manifest
+
+    with one_line_errors():
+        total = len(read_manifest(path))
+    with one_line_errors(), models_progress(total, quiet=quiet) as on_progress:
+        run = ingest_manifest(
+            path,
+            url=database_url(context),
+            device=device.value,
+            force=force,
+            allow_nonfinite=allow_nonfinite,
+            on_progress=on_progress,
+        )
+    counts: dict[str, int] = {}
+    for result in run.results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+        if result.status != "skipped":
+            console.print(summary_line(result))
+        for note in result.notes:
+            console.print(f"note: {result.model_name}: {note}", markup=False, soft_wrap=True)
+    done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.print(f"{total} rows: {done or 'none stored'}, {len(run.failures)} failed")
+    report_failures(run.failures, single=False)
+
+
+@app.command()
 def hf(
     context: typer.Context,
     repo: Annotated[
