@@ -140,7 +140,6 @@ def test_a_bad_row_value_fails_that_row_only(db_url, tmp_path):
 KILLED_MANIFEST = """
 import sys
 from pathlib import Path
-import filterdb.warehouse.alembic_duckdb  # a fresh process registers Alembic's DuckDB impl
 from filterdb.ingest.manifest import ingest_manifest
 ingest_manifest(
     Path(sys.argv[2]), url=sys.argv[1], device="cpu",

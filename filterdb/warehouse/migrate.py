@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 
 from filterdb import migrations
 from filterdb.errors import DatabaseError
+from filterdb.warehouse import alembic_duckdb  # noqa: F401  (MigrationContext needs it on DuckDB)
 from filterdb.warehouse.database import engine_for
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
