@@ -1,4 +1,4 @@
-"""``filterdb ingest checkpoint|onnx|robustbench``: parse options, ingest, print a summary."""
+"""``filterdb ingest checkpoint|onnx|timm|torchvision|hf|manifest|robustbench``: parse, run."""
 
 from __future__ import annotations
 
