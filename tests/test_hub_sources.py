@@ -201,14 +201,23 @@ def test_timm_tags_give_training_and_pretraining_datasets():
 
 
 def test_offline_without_the_file_names_the_cache_path(db_url, tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    result = invoke(db_url, "timm", "resnet18.a1_in1k")
+    FakeHub.files, FakeHub.requests = {}, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), FakeHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        # A reachable server: offline must not ask it anything.
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        result = invoke(db_url, "timm", "resnet18.a1_in1k")
+    finally:
+        server.shutdown()
+    assert FakeHub.requests == []
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     assert str(tmp_path / "empty" / "models--timm--resnet18.a1_in1k") in lines[0]
-    assert "unset HF_HUB_OFFLINE" in lines[0]
+    assert "HF_HUB_OFFLINE is set" in lines[0] and "unset HF_HUB_OFFLINE" in lines[0]
     assert counts(db_url) == (0, 0, 0)
 
 
@@ -403,6 +412,12 @@ def corrupt(index: Path, how: str) -> Path:
         from safetensors.numpy import save_file as numpy_save
 
         numpy_save(tensors, str(second))
+    elif how == "tensor not in the index":
+        second = directory / "model-00002-of-00002.safetensors"
+        from safetensors.numpy import save_file as numpy_save
+
+        extra = {"stray.weight": np.zeros((2, 2, 3, 3), dtype=np.float16)}
+        numpy_save(numpy_load_file(str(second)) | extra, str(second))
     return index
 
 
@@ -416,6 +431,7 @@ BAD_SHARDS = {
     "missing shard": "is missing at",
     "tensor missing from its shard": "listed in the index but missing",
     "tensor in two shards": "is in two shards",
+    "tensor not in the index": "holds tensor stray.weight, which the index does not map",
 }
 
 
