@@ -221,6 +221,22 @@ def test_offline_without_the_file_names_the_cache_path(db_url, tmp_path, monkeyp
     assert counts(db_url) == (0, 0, 0)
 
 
+def test_an_unreachable_hub_is_one_line(db_url, tmp_path, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    result = invoke(db_url, "hf", "org/unreachable")
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1
+    assert result.output.startswith("error: cannot reach the Hub for model.safetensors")
+    assert counts(db_url) == (0, 0, 0)
+
+
 @pytest.mark.parametrize(
     ("spec", "closest"), [("resnet5O.a1_in1k", "resnet50.a1_in1k"), ("resnet18.nope", "resnet18.")]
 )

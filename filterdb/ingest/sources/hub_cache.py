@@ -10,7 +10,10 @@ are found here and the other way round.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,21 +71,28 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None) -> Hub
 
     cache, offline = hub_cache_dir(), hub_offline()
     try:
-        path = hf_hub_download(
-            repo_id,
-            filename,
-            revision=revision,
-            cache_dir=cache,
-            local_files_only=offline,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-        )
+        with _quiet_hub_logger():
+            path = hf_hub_download(
+                repo_id,
+                filename,
+                revision=revision,
+                cache_dir=cache,
+                local_files_only=offline,
+                endpoint=os.environ.get("HF_ENDPOINT") or None,
+            )
     except LocalEntryNotFoundError:
         if _revision_cached(cache, repo_id, revision):
             return None
+        expected = expected_path(repo_id, filename, revision=revision)
+        if not offline:  # huggingface_hub falls back to the cache when the Hub is unreachable
+            raise CheckpointMissing(
+                f"cannot reach the Hub for {filename} of {repo_id}, and the cache lacks it "
+                f"(expected at {expected}); check the network or HF_ENDPOINT"
+            ) from None
         raise CheckpointMissing(
-            f"{filename} of {repo_id} is not in the Hub cache (expected at "
-            f"{expected_path(repo_id, filename, revision=revision)}) and HF_HUB_OFFLINE is "
-            f"set; run once online (unset HF_HUB_OFFLINE) or `hf download {repo_id} {filename}`"
+            f"{filename} of {repo_id} is not in the Hub cache (expected at {expected}) and "
+            f"HF_HUB_OFFLINE is set; run once online (unset HF_HUB_OFFLINE) or "
+            f"`hf download {repo_id} {filename}`"
         ) from None
     except RepositoryNotFoundError:
         raise SourceError(
@@ -100,6 +110,19 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None) -> Hub
         ) from None
     path = Path(path)
     return HubFile(repo_id, filename, path, commit=path.parent.name)
+
+
+@contextmanager
+def _quiet_hub_logger() -> Iterator[None]:
+    # huggingface_hub logs a warning line for an unreachable server before raising; the
+    # error below says it in one line already.
+    hub_logger = logging.getLogger("huggingface_hub")
+    level = hub_logger.level
+    hub_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        hub_logger.setLevel(level)
 
 
 def expected_path(repo_id: str, filename: str, *, revision: str | None = None) -> Path:
