@@ -71,7 +71,7 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None) -> Hub
 
     cache, offline = hub_cache_dir(), hub_offline()
     try:
-        with _quiet_hub_logger():
+        with _quiet_hub_logger(), _offline_as_now(offline):
             path = hf_hub_download(
                 repo_id,
                 filename,
@@ -110,6 +110,20 @@ def hub_file(repo_id: str, filename: str, *, revision: str | None = None) -> Hub
         ) from None
     path = Path(path)
     return HubFile(repo_id, filename, path, commit=path.parent.name)
+
+
+@contextmanager
+def _offline_as_now(offline: bool) -> Iterator[None]:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import, and its HTTP hook refuses every
+    # request while it was set then: follow the environment as it is at this call.
+    from huggingface_hub import constants
+
+    was = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = was
 
 
 @contextmanager
