@@ -1,4 +1,4 @@
-"""``filterdb ingest checkpoint|onnx|robustbench``: parse options, ingest, print a summary."""
+"""``filterdb ingest checkpoint|onnx|timm|torchvision|hf|manifest|robustbench``: parse, run."""
 
 from __future__ import annotations
 
@@ -100,7 +100,13 @@ def training_info(
 @app.command()
 def checkpoint(
     context: typer.Context,
-    path: Annotated[Path, typer.Argument(help="A torch state_dict file.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A torch state_dict file, a .safetensors file, or a sharded safetensors "
+            "checkpoint (model.safetensors.index.json or its directory)."
+        ),
+    ],
     arch: Annotated[
         str | None,
         typer.Option(
@@ -123,7 +129,12 @@ def checkpoint(
     allow_nonfinite: NonfiniteOption = False,
     quiet: QuietOption = False,
 ) -> None:
-    """Store the 3x3 filters of a torch checkpoint; all of it or nothing."""
+    """Store the 3x3 filters of a torch or safetensors checkpoint; all of it or nothing.
+
+    float16 and bfloat16 weights are stored as their exact float32 values (v_layers
+    source_dtype keeps the stored dtype); float64 ones are rounded to float32, and the
+    output says by how much; quantized weights are refused.
+    """
     from filterdb.ingest.sources import checkpoint as checkpoint_source
 
     with one_line_errors():
@@ -183,6 +194,209 @@ def onnx(
     )
 
 
+@app.command()
+def timm(
+    context: typer.Context,
+    models: Annotated[
+        list[str],
+        typer.Argument(
+            help="timm pretrained names NAME[.TAG], e.g. resnet50.a1_in1k (no tag: timm's "
+            "default weights)."
+        ),
+    ],
+    revision: Annotated[
+        str | None, typer.Option(help="Hub revision (branch, tag or commit); default main.")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (one model only; default timm:NAME.TAG).")
+    ] = None,
+    architecture: ArchitectureOption = None,
+    training_dataset: TrainingDatasetOption = None,
+    training: TrainingOption = Training.normal,
+    threat_model: ThreatOption = None,
+    eps: EpsOption = None,
+    clean_acc: CleanAccOption = None,
+    robust_acc: RobustAccOption = None,
+    paper: PaperOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store timm's pretrained weights, from the Hugging Face Hub cache (fetched if needed).
+
+    HF_HUB_CACHE / HF_HOME say where the cache is; HF_HUB_OFFLINE=1 reads the cache only.
+    Training and pretraining datasets come from the tag (in1k: imagenet) unless given.
+    """
+    from filterdb.ingest.sources.timm_hub import timm_candidate
+
+    if name is not None and len(models) > 1:
+        err_console.print("error: --name names one model; give one NAME with it")
+        raise typer.Exit(2)
+    with one_line_errors():
+        candidates = [
+            timm_candidate(
+                spec,
+                name=name,
+                revision=revision,
+                architecture=architecture,
+                training=training_info(
+                    training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
+                ),
+            )
+            for spec in models
+        ]
+    run_ingest(
+        context,
+        candidates,
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+    )
+
+
+@app.command()
+def torchvision(
+    context: typer.Context,
+    model: Annotated[str, typer.Argument(help="torchvision model name, e.g. resnet50.")],
+    weights: Annotated[
+        str | None,
+        typer.Option(help="Weights enum member, e.g. IMAGENET1K_V2 (default: DEFAULT)."),
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Model name (default: torchvision:MODEL.WEIGHTS).")
+    ] = None,
+    architecture: ArchitectureOption = None,
+    training_dataset: TrainingDatasetOption = None,
+    training: TrainingOption = Training.normal,
+    threat_model: ThreatOption = None,
+    eps: EpsOption = None,
+    clean_acc: CleanAccOption = None,
+    robust_acc: RobustAccOption = None,
+    paper: PaperOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store torchvision's pretrained weights from the torch hub cache ($TORCH_HOME/hub).
+
+    The file-name hash is checked as torchvision does; clean accuracy (ImageNet-1K acc@1),
+    parameter count and recipe link come from the weights' metadata unless given.
+    """
+    from filterdb.ingest.sources.torchvision_hub import torchvision_candidate
+
+    with one_line_errors():
+        info = training_info(
+            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
+        )
+        candidate = torchvision_candidate(
+            model, weights=weights, name=name, architecture=architecture, training=info
+        )
+    run_ingest(
+        context,
+        [candidate],
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+    )
+
+
+@app.command()
+def manifest(
+    context: typer.Context,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV or Parquet file: columns name, path (checkpoint, .onnx, timm:NAME.TAG, "
+            "torchvision:NAME[.WEIGHTS], hf:ORG/NAME[@REV]) and any of arch, architecture, "
+            "training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper."
+        ),
+    ],
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store many models from one manifest, in one process; unchanged rows are skipped.
+
+    A failed row is reported and the rest go on; the exit status is 1 when any row failed.
+    Each model is stored whole or not at all, so after a crash a rerun finishes the job.
+    """
+    from filterdb.cli.progress import models_progress
+    from filterdb.ingest.manifest import ingest_manifest, read_manifest
+
+    with one_line_errors():
+        total = len(read_manifest(path))
+    with one_line_errors(), models_progress(total, quiet=quiet) as on_progress:
+        run = ingest_manifest(
+            path,
+            url=database_url(context),
+            device=device.value,
+            force=force,
+            allow_nonfinite=allow_nonfinite,
+            on_progress=on_progress,
+        )
+    counts: dict[str, int] = {}
+    for result in run.results:
+        counts[result.status] = counts.get(result.status, 0) + 1
+        if result.status != "skipped":
+            console.print(summary_line(result))
+        for note in result.notes:
+            console.print(f"note: {result.model_name}: {note}", markup=False, soft_wrap=True)
+    done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    console.print(f"{total} rows: {done or 'none stored'}, {len(run.failures)} failed")
+    report_failures(run.failures, single=False)
+
+
+@app.command()
+def hf(
+    context: typer.Context,
+    repo: Annotated[
+        str,
+        typer.Argument(
+            help="Hub model repository ORG/NAME[@REVISION] holding model.safetensors, "
+            "model.safetensors.index.json and shards, or pytorch_model.bin."
+        ),
+    ],
+    name: Annotated[str | None, typer.Option(help="Model name (default: hf:ORG/NAME).")] = None,
+    architecture: ArchitectureOption = None,
+    training_dataset: TrainingDatasetOption = None,
+    training: TrainingOption = Training.normal,
+    threat_model: ThreatOption = None,
+    eps: EpsOption = None,
+    clean_acc: CleanAccOption = None,
+    robust_acc: RobustAccOption = None,
+    paper: PaperOption = None,
+    device: DeviceOption = Device.auto,
+    force: ForceOption = False,
+    allow_nonfinite: NonfiniteOption = False,
+    quiet: QuietOption = False,
+) -> None:
+    """Store a Hugging Face Hub model's 3x3 filters (cache first; HF_HUB_OFFLINE=1: only).
+
+    A config.json naming a timm architecture builds it for graph depth; otherwise the
+    4-D weights in key order. Identity: the repository, its commit, the files' SHA-256.
+    """
+    from filterdb.ingest.sources.hf_hub import hf_candidate
+
+    with one_line_errors():
+        info = training_info(
+            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
+        )
+        candidate = hf_candidate(repo, name=name, architecture=architecture, training=info)
+    run_ingest(
+        context,
+        [candidate],
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        quiet=quiet,
+    )
+
+
 def run_ingest(
     context: typer.Context,
     candidates: list[Candidate],
@@ -207,6 +421,8 @@ def run_ingest(
         )
     for result in results:
         console.print(summary_line(result))
+        for note in result.notes:
+            console.print(f"note: {note}", markup=False, soft_wrap=True)
     for line in missing:
         err_console.print(f"missing: {line}", markup=False, soft_wrap=True)
     if missing:

@@ -130,7 +130,10 @@ def models(context: typer.Context) -> None:
 
     with one_line_errors():
         frame = inventory.models(url=database_url(context))
-    summary = frame.select(inventory.MODEL_SUMMARY_COLUMNS)
+    from filterdb.analysis.architectures import with_canonical_architecture
+
+    # The canonical name is what pairing compares (RobustBench ResNet-50 = timm resnet50).
+    summary = with_canonical_architecture(frame.select(inventory.MODEL_SUMMARY_COLUMNS))
     print_frame(summary, title="models", empty="no models stored yet")
 
 

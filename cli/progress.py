@@ -83,3 +83,20 @@ def compute_progress(*, quiet: bool) -> Iterator[Callable[[ComputeProgress], Non
             )
 
         yield on_progress
+
+
+@contextmanager
+def models_progress(total_models: int, *, quiet: bool) -> Iterator[ProgressCallback | None]:
+    """Yield a callback drawing one bar over many models (a manifest), or ``None``."""
+    with bars(MofNCompleteColumn(), TextColumn("{task.fields[model]}"), quiet=quiet) as progress:
+        if progress is None:
+            yield None
+            return
+        task = progress.add_task("models", total=total_models, model="")
+
+        def on_event(event: IngestEvent) -> None:
+            progress.update(task, model=event.model_name)
+            if event.phase in ("done", "failed"):
+                progress.advance(task)
+
+        yield on_event

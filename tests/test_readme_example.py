@@ -23,7 +23,9 @@ DEMO_MODELS = {"digits-pgd": "adversarial", "digits-normal": "normal"}
 
 
 def readme_python_blocks() -> list[str]:
-    return re.findall(r"^```python\n(.*?)^```$", README.read_text(), flags=re.S | re.M)
+    """The Python blocks of the README's "From Python" section (others show cluster setups)."""
+    section = README.read_text().split("\n## From Python\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^```python\n(.*?)^```$", section, flags=re.S | re.M)
 
 
 def test_the_readme_has_one_python_example():

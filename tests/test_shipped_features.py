@@ -27,6 +27,7 @@ from typer.testing import CliRunner
 
 from filterdb.cli.main import app
 from filterdb.ingest.sources import robustbench as zoo
+from filterdb.ingest.sources import robustbench_index
 from filterdb.warehouse.database import engine_for, read_frame
 
 runner = CliRunner()
@@ -326,7 +327,7 @@ def status_of(url: str, model_dir: Path) -> tuple[str, str]:
 
 def test_leaderboard_status_states_and_sync_from_a_url(duckdb_url, zoo_dir, shared_data):
     dataset, threat, name = ZOO_ENTRY
-    n_missing = len(zoo.zoo_entries(dataset, threat)) - 1
+    n_missing = len(robustbench_index.zoo_entries(dataset, threat)) - 1
     assert status_of(duckdb_url, zoo_dir) == (
         "not ingested",
         f"{n_missing} checkpoint missing, 1 not ingested",

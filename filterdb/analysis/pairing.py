@@ -18,6 +18,7 @@ from pathlib import Path
 
 import polars as pl
 
+from filterdb.analysis.architectures import canonical_architecture, pairing_key
 from filterdb.errors import PairingError
 from filterdb.warehouse.inventory import models as stored_models
 
@@ -120,24 +121,31 @@ def pair_models(models: pl.DataFrame, *, training_dataset: str | None = None) ->
 
     ``models`` has the ``v_models`` columns model_name, training_type, architecture and
     training_dataset, and perhaps weights_form: then twins also share their weights form,
-    so that raw and folded copies of a model pair within their own form. A model whose
-    architecture or dataset is unknown has no twin.
+    so that raw and folded copies of a model pair within their own form. Architectures are
+    compared by their canonical names (:mod:`filterdb.analysis.architectures`:
+    RobustBench's ``ResNet-50`` is timm's ``resnet50``); a pair carries the canonical name.
+    A model whose architecture or dataset is unknown has no twin.
     """
     scope = _in_scope(models, training_dataset)
-    robust = scope.filter(pl.col("training_type") == "adversarial")
-    normal = scope.filter(pl.col("training_type") == "normal")
-    keys = ["architecture", "training_dataset"]
+    keyed = scope.with_columns(
+        pl.Series("arch_key", [pairing_key(a) for a in scope["architecture"].to_list()], pl.String)
+    )
+    robust = keyed.filter(pl.col("training_type") == "adversarial")
+    normal = keyed.filter(pl.col("training_type") == "normal")
+    keys = ["arch_key", "training_dataset"]
     form_key = ["weights_form"] if "weights_form" in scope.columns else []
     # Inner join on the keys: NULL never equals NULL, so unknown metadata pairs with nothing.
-    joined = robust.select("model_name", *keys, *form_key).join(
+    joined = robust.select("model_name", "architecture", *keys, *form_key).join(
         normal.select(pl.col("model_name").alias("normal"), *keys, *form_key),
         on=keys + form_key,
         how="inner",
     )
-    joined = joined.sort(["training_dataset", "architecture", "model_name", "normal"])
+    joined = joined.sort(["training_dataset", "arch_key", "model_name", "normal"])
     pairs = tuple(
-        Pair(robust=r, normal=n, architecture=a, dataset=d)
-        for r, a, d, n in joined.select("model_name", *keys, "normal").iter_rows()
+        Pair(robust=r, normal=n, architecture=canonical_architecture(a), dataset=d)
+        for r, a, d, n in joined.select(
+            "model_name", "architecture", "training_dataset", "normal"
+        ).iter_rows()
     )
     return _pairing(pairs, scope, unresolved=(), source="stored metadata")
 

@@ -57,6 +57,7 @@ def extract(
                 dilation=_pair_text(conv.dilation),
                 max_abs=max_abs,
                 filters=filters,
+                source_dtype=conv.source_dtype or _dtype_name(conv.weight.dtype),
             )
         )
     if not layers:
@@ -102,6 +103,10 @@ def _filters_on_device(
             "--allow-nonfinite to store them anyway"
         )
     return filters.cpu().numpy(), max_abs
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def _pair_text(pair: tuple[int, ...] | None) -> str | None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import sqlalchemy as sa
@@ -35,7 +35,10 @@ T = TypeVar("T")
 
 @dataclass
 class IngestResult:
-    """What happened to one model: ``ingested``, ``replaced`` or ``skipped``."""
+    """What happened to one model: ``ingested``, ``replaced`` or ``skipped``.
+
+    ``notes`` are what the source wants known (float64 weights rounded, say), also logged.
+    """
 
     model_name: str
     status: str
@@ -44,6 +47,7 @@ class IngestResult:
     n_filters: int
     n_unreached_convs: int
     seconds: float
+    notes: tuple[str, ...] = field(default=())
 
 
 @dataclass(frozen=True)
@@ -101,6 +105,7 @@ def ingest(
         source = attempt.timed("read", candidate.read)
         source.info.checkpoint_sha256 = sha256
         check_weights_fit_files(source, candidate.paths)
+        attempt.notes = tuple(source.notes)
         report(IngestEvent(candidate.name, "extracting", 0.4))
         extracted = attempt.timed(
             "extract", lambda: extract(source, device=device, allow_nonfinite=allow_nonfinite)
@@ -199,6 +204,7 @@ class _Attempt:
         self.started = time.perf_counter()
         self.seconds = {"read": 0.0, "extract": 0.0, "write": 0.0}
         self.sha256: str | None = None
+        self.notes: tuple[str, ...] = ()
 
     def timed(self, phase: str, step: Callable[[], T]) -> T:
         start = time.perf_counter()
@@ -240,6 +246,7 @@ class _Attempt:
                 n_filters=extracted.n_filters,
                 n_unreached_convs=extracted.n_unreached_convs,
                 seconds_write=time.perf_counter() - write_started,
+                note="; ".join(self.notes) or None,
             )
         return IngestResult(
             model_name=extracted.info.name,
@@ -249,6 +256,7 @@ class _Attempt:
             n_filters=extracted.n_filters,
             n_unreached_convs=extracted.n_unreached_convs,
             seconds=time.perf_counter() - self.started,
+            notes=self.notes,
         )
 
     def log_skipped(self, model_id: int, sha256: str) -> IngestResult:

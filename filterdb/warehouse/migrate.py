@@ -6,6 +6,7 @@ registers one (imported by ``migrations/env.py``).
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +44,9 @@ def alembic_config() -> Config:
     return config
 
 
+# The migration scripts are part of the installed code: read them once per process, not
+# once per model ingested (38 ms each on the 2-core machine, bench/zoo.py).
+@functools.cache
 def head_revision() -> str:
     """The newest revision the code knows."""
     return ScriptDirectory.from_config(alembic_config()).get_current_head()

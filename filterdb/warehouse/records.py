@@ -124,6 +124,7 @@ class ModelInfo:
     producer: str | None = None
     # One of WEIGHTS_FORMS; part of the model's identity with the checkpoint's bytes.
     weights_form: str = "raw"
+    license: str | None = None
     training: TrainingInfo = field(default_factory=TrainingInfo)
 
     def __post_init__(self) -> None:
@@ -146,6 +147,7 @@ class ExtractedLayer:
     dilation: str | None
     max_abs: float
     filters: np.ndarray  # (out_channels * in_channels / groups, 9) float32, C-contiguous
+    source_dtype: str | None = None  # as stored in the checkpoint: float16, bfloat16, ...
 
     @property
     def n_filters(self) -> int:

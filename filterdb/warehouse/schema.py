@@ -63,6 +63,8 @@ model = sa.Table(
     # (records.WEIGHTS_FORMS, SPEC section 4), checked when written (no CHECK constraint:
     # DuckDB cannot add one to an existing table).
     sa.Column("weights_form", sa.String, nullable=False, server_default="raw"),
+    # After it, where migration 0004's ALTER TABLE put it.
+    sa.Column("license", sa.String),
     sa.UniqueConstraint("name"),
 )
 
@@ -116,6 +118,8 @@ layer = sa.Table(
     sa.Column("dilation", sa.String),
     sa.Column("n_filters", sa.Integer, nullable=False),
     sa.Column("max_abs", sa.REAL),
+    # float16, bfloat16, float32, float64: the checkpoint's dtype (migration 0003).
+    sa.Column("source_dtype", sa.String),
     sa.UniqueConstraint("model_id", "name"),
 )
 
@@ -169,6 +173,8 @@ ingest_log = sa.Table(
     sa.Column("n_filters", sa.BigInteger),
     sa.Column("n_unreached_convs", sa.Integer),
     sa.Column("error", sa.Text),
+    # What a successful ingest wants known (float64 weights rounded, ...): migration 0003.
+    sa.Column("note", sa.Text),
     sa.CheckConstraint(
         "status IN ('ingested', 'replaced', 'skipped', 'failed')", name="status_known"
     ),

@@ -93,7 +93,7 @@ V_MODELS = View(
     columns={
         "model_id": "Key of the model.",
         "model_name": "Unique model name (the zoo name for RobustBench entries).",
-        "source": "Where it came from: robustbench, checkpoint or onnx.",
+        "source": "Where it came from: robustbench, checkpoint, onnx, timm, torchvision or hf.",
         "architecture": _TRAINING_COLUMNS["architecture"],
         "family": "Architecture family (WideResNet, ResNet, ...), when known.",
         "n_parameters": "Number of parameters of the checkpoint.",
@@ -119,6 +119,8 @@ V_MODELS = View(
             "SHA-256 of the checkpoint file(s): with weights_form, the model's identity."
         ),
         "ingested_at": "When the model was stored (UTC).",
+        "source_uri": "Where the weights were read: a path, or hf://<repo>@<commit> for the Hub.",
+        "license": "License of the weights as their publisher states it, when known.",
     },
     sql="""
 SELECT m.model_id, m.name AS model_name, m.source, m.architecture, m.family,
@@ -127,7 +129,8 @@ SELECT m.model_id, m.name AS model_name, m.source, m.architecture, m.family,
     t.extra_data, t.clean_acc, t.robust_acc, t.corruptions_acc, t.venue, t.paper_url,
     CAST(COALESCE(c.n_layers, 0) AS BIGINT) AS n_layers,
     CAST(COALESCE(c.n_filters, 0) AS BIGINT) AS n_filters,
-    m.n_unreached_convs, c.depth_method, m.weights_form, m.checkpoint_sha256, m.ingested_at
+    m.n_unreached_convs, c.depth_method, m.weights_form, m.checkpoint_sha256, m.ingested_at,
+    m.source_uri, m.license
 FROM model m
 LEFT JOIN training t ON t.model_id = m.model_id
 LEFT JOIN (
@@ -157,6 +160,8 @@ _LAYER_COLUMNS = {
     "dilation": "Dilation as 'h,w', NULL when unknown.",
     "n_filters": "Number of 3x3 filters: out_channels x in_channels / groups.",
     "max_abs": "Largest |weight| in the layer (the 'layer max' of sparsity).",
+    "source_dtype": "dtype of the weights in the checkpoint (float16, bfloat16, float32, ...);"
+    " stored as float32.",
     **_TRAINING_COLUMNS,
 }
 _LAYER_SELECT = f"""l.layer_id, l.model_id, m.name AS model_name, l.name AS layer_name,
@@ -164,7 +169,7 @@ _LAYER_SELECT = f"""l.layer_id, l.model_id, m.name AS model_name, l.name AS laye
     {_BIN_LABEL} AS depth_bin,
     {_BIN_INDEX} AS depth_bin_index,
     l.depth_method, l.in_channels, l.out_channels, l.groups, l.stride, l.dilation,
-    l.n_filters, l.max_abs, {_TRAINING_SELECT}"""
+    l.n_filters, l.max_abs, l.source_dtype, {_TRAINING_SELECT}"""
 
 V_LAYERS = View(
     name="v_layers",

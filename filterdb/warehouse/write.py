@@ -64,6 +64,7 @@ def write_model(connection: Connection, extracted: ExtractedModel) -> int:
             checkpoint_sha256=info.checkpoint_sha256,
             producer=info.producer,
             weights_form=info.weights_form,
+            license=info.license,
             max_conv_depth=extracted.max_conv_depth,
             n_unreached_convs=extracted.n_unreached_convs,
             ingested_at=utc_now(),
@@ -74,8 +75,8 @@ def write_model(connection: Connection, extracted: ExtractedModel) -> int:
     )
     write_filters = _FILTER_WRITERS[backend_name(connection)]
     pending: list[dict[str, np.ndarray]] = []
-    for layer in extracted.layers:
-        layer_id = _insert_layer(connection, model_id, layer, extracted.depth_method)
+    layer_ids = _insert_layers(connection, model_id, extracted.layers, extracted.depth_method)
+    for layer, layer_id in zip(extracted.layers, layer_ids, strict=True):
         pending.append(_filter_columns(model_id, layer_id, layer))
         if sum(len(columns["model_id"]) for columns in pending) >= BATCH_FILTERS:
             write_filters(connection, _concatenate(pending))
@@ -89,30 +90,50 @@ def _concatenate(batch: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     return {name: np.concatenate([columns[name] for columns in batch]) for name in FILTER_COLUMNS}
 
 
-def _insert_layer(
-    connection: Connection, model_id: int, layer: ExtractedLayer, depth_method: str
-) -> int:
-    layer_id = connection.execute(sa.select(schema.layer_id_seq.next_value())).scalar_one()
-    connection.execute(
-        sa.insert(schema.layer).values(
-            layer_id=layer_id,
-            model_id=model_id,
-            name=layer.name,
-            conv_index=layer.conv_index,
-            graph_depth=layer.graph_depth,
-            conv_depth=layer.conv_depth,
-            conv_depth_norm=layer.conv_depth_norm,
-            depth_method=depth_method,
-            in_channels=layer.in_channels,
-            out_channels=layer.out_channels,
-            groups=layer.groups,
-            stride=layer.stride,
-            dilation=layer.dilation,
-            n_filters=layer.n_filters,
-            max_abs=layer.max_abs,
+def _insert_layers(
+    connection: Connection, model_id: int, layers: list[ExtractedLayer], depth_method: str
+) -> list[int]:
+    # All of a model's layer ids in one statement and its layer rows in one executemany:
+    # two statements per layer cost a small model most of its write time (bench/zoo.py).
+    series = "range(:n)" if backend_name(connection) == "duckdb" else "generate_series(1, :n)"
+    # Sorted: layer ids rise with conv_index, as when they were drawn one by one.
+    layer_ids = sorted(
+        connection.execute(
+            sa.text(f"SELECT nextval('{schema.layer_id_seq.name}') AS id FROM {series}"),
+            {"n": len(layers)},
         )
+        .scalars()
+        .all()
     )
-    return layer_id
+    connection.execute(
+        sa.insert(schema.layer),
+        [
+            _layer_row(model_id, layer_id, layer, depth_method)
+            for layer, layer_id in zip(layers, layer_ids, strict=True)
+        ],
+    )
+    return layer_ids
+
+
+def _layer_row(model_id: int, layer_id: int, layer: ExtractedLayer, depth_method: str) -> dict:
+    return dict(
+        layer_id=layer_id,
+        model_id=model_id,
+        name=layer.name,
+        conv_index=layer.conv_index,
+        graph_depth=layer.graph_depth,
+        conv_depth=layer.conv_depth,
+        conv_depth_norm=layer.conv_depth_norm,
+        depth_method=depth_method,
+        in_channels=layer.in_channels,
+        out_channels=layer.out_channels,
+        groups=layer.groups,
+        stride=layer.stride,
+        dilation=layer.dilation,
+        n_filters=layer.n_filters,
+        max_abs=layer.max_abs,
+        source_dtype=layer.source_dtype,
+    )
 
 
 def _filter_columns(model_id: int, layer_id: int, layer: ExtractedLayer) -> dict[str, np.ndarray]:

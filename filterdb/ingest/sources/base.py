@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,6 +42,9 @@ class ConvLayer:
     groups: int = 1
     stride: tuple[int, ...] | None = None
     dilation: tuple[int, ...] | None = None
+    # The dtype the checkpoint stores the weight in, when ``weight`` no longer shows it
+    # (loaded into a float32 module); else extraction reads it from ``weight``.
+    source_dtype: str | None = None
 
     @property
     def is_3x3(self) -> bool:
@@ -56,13 +59,15 @@ class ModelSource:
     ONNX) and hold only the convs the forward pass reaches when the architecture is known;
     ``n_unreached_convs`` counts the 3x3 convs left out for that reason (SPEC section 4).
     ``depth_method`` is ``graph`` (torch.fx), ``onnx``, ``execution_order`` (forward hooks)
-    or ``key_order`` (no architecture).
+    or ``key_order`` (no architecture). ``notes`` are sentences the ingest prints and logs
+    (float64 weights rounded to float32, say).
     """
 
     info: ModelInfo
     convs: list[ConvLayer]
     depth_method: str
     n_unreached_convs: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -5,6 +5,10 @@ With an architecture (``robustbench:<dataset>/<threat>/<name>``, ``timm:<name>``
 and tells which convs the forward pass reaches. Without one, every 4-D weight is a conv in
 key order, and depth is that order.
 
+A ``.safetensors`` file, a sharded safetensors index (``model.safetensors.index.json``) or
+the directory holding one are read by :mod:`~filterdb.ingest.sources.safetensors_files`;
+float16 and bfloat16 weights are stored as their exact float32 values.
+
 TorchScript files are not accepted as architectures: loading one runs its code, outside
 the ``weights_only`` guarantee, and torch.fx cannot trace a scripted module.
 """
@@ -17,6 +21,7 @@ from pathlib import Path
 import torch
 
 from filterdb.errors import SourceError
+from filterdb.ingest.sources import safetensors_files as st
 from filterdb.ingest.sources.base import (
     Candidate,
     ConvLayer,
@@ -38,12 +43,19 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
     Unwraps ``state_dict``/``model`` nesting and strips ``module.``/``model.`` prefixes
     shared by every key. Raises :class:`SourceError` naming the cause: a missing file, an
-    HTML page (failed download), a pickle that needs code, a corrupt or truncated file.
+    HTML page (failed download), a pickle that needs code, a corrupt or truncated file,
+    quantized weights.
     """
-    if not path.is_file():
-        raise SourceError(f"no checkpoint at {path}; check the path")
-    loaded = load_tensors(path)
-    return _unwrap(loaded, path)
+    if st.is_sharded(path):
+        tensors = st.load_sharded(path)
+    elif path.suffix == ".safetensors":
+        tensors = st.load_safetensors(path)
+    else:
+        if not path.is_file():
+            raise SourceError(f"no checkpoint at {path}; check the path")
+        tensors = _unwrap(load_tensors(path), path)
+    st.check_weight_dtypes(tensors, origin=path)
+    return tensors
 
 
 def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:
@@ -78,11 +90,11 @@ def read_checkpoint(
         from filterdb.ingest.sources.torch_graph import trace_convs
 
         traced = trace_convs(module, input_shape=input_shape, fold_batchnorm=fold_batchnorm)
-        convs, depth_method = traced.convs, traced.depth_method
+        convs, depth_method = st.with_source_dtypes(traced.convs, state_dict), traced.depth_method
         n_unreached = traced.n_unreached_convs
         arch_name, family = arch, type(module).__name__
     info = ModelInfo(
-        name=name or _default_name(path, fold_batchnorm),
+        name=name or default_name(path, fold_batchnorm=fold_batchnorm),
         source="checkpoint",
         source_uri=str(path),
         architecture=architecture or arch_name,
@@ -92,11 +104,18 @@ def read_checkpoint(
         weights_form="bn_folded" if fold_batchnorm else "raw",
         training=training or TrainingInfo(),
     )
-    return ModelSource(info, convs, depth_method, n_unreached)
+    notes = [note] if (note := st.float64_note(state_dict)) else []
+    return ModelSource(info, convs, depth_method, n_unreached, notes=notes)
 
 
-def _default_name(path: Path, fold_batchnorm: bool) -> str:
-    return folded_name(path.stem) if fold_batchnorm else path.stem
+def default_name(path: Path, *, fold_batchnorm: bool = False) -> str:
+    """The file name without its suffix (a sharded checkpoint's directory name), with
+    ``+bn_folded`` for folded weights."""
+    if st.is_sharded(path):
+        stem = (path if path.is_dir() else path.parent).resolve().name
+    else:
+        stem = path.stem
+    return folded_name(stem) if fold_batchnorm else stem
 
 
 def _require_arch_to_fold(arch: str | None, fold_batchnorm: bool) -> None:
@@ -202,17 +221,22 @@ def checkpoint_candidate(
 ) -> Candidate:
     """A checkpoint file as an ingest :class:`Candidate` (nothing is loaded yet).
 
+    A sharded safetensors checkpoint is identified by its shards, in index order.
     Raises :class:`SourceError` for a missing file, ``fold_batchnorm`` without ``arch``,
     or a normally trained model given a threat model or eps.
     """
-    if not path.is_file():
+    if st.is_sharded(path):
+        paths = st.shard_paths(path)[0]
+    elif not path.is_file():
         raise SourceError(f"no checkpoint at {path}; check the path")
+    else:
+        paths = [path]
     _require_arch_to_fold(arch, fold_batchnorm)
     require_untargeted_normal(training)
     return Candidate(
-        name=name or _default_name(path, fold_batchnorm),
+        name=name or default_name(path, fold_batchnorm=fold_batchnorm),
         source="checkpoint",
-        paths=[path],
+        paths=paths,
         read=lambda: read_checkpoint(
             path,
             name=name,
