@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from filterdb.cli.options import database_url
+from filterdb.cli.options import database_url, option_block
 from filterdb.cli.output import console, err_console, one_line_errors
 from filterdb.cli.progress import ingest_progress
 from filterdb.errors import FilterdbError
@@ -74,6 +75,16 @@ FoldOption = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How an ingest runs, given by the same four options on every ingest command."""
+
+    device: Device
+    force: bool
+    allow_nonfinite: bool
+    quiet: bool
+
+
 def training_info(
     training: Training,
     training_dataset: str | None,
@@ -97,7 +108,37 @@ def training_info(
     )
 
 
+# One definition of the option blocks that every ingest command shares (as sqlite-utils
+# shares its option decorators): the command declares `training: TrainingInfo` and
+# `run: RunOptions` and receives them built from the options.
+training_options = option_block(
+    "training",
+    training_info,
+    {
+        "training_dataset": (TrainingDatasetOption, None),
+        "training": (TrainingOption, Training.normal),
+        "threat_model": (ThreatOption, None),
+        "eps": (EpsOption, None),
+        "clean_acc": (CleanAccOption, None),
+        "robust_acc": (RobustAccOption, None),
+        "paper": (PaperOption, None),
+    },
+)
+run_options = option_block(
+    "run",
+    RunOptions,
+    {
+        "device": (DeviceOption, Device.auto),
+        "force": (ForceOption, False),
+        "allow_nonfinite": (NonfiniteOption, False),
+        "quiet": (QuietOption, False),
+    },
+)
+
+
 @app.command()
+@run_options
+@training_options
 def checkpoint(
     context: typer.Context,
     path: Annotated[
@@ -116,18 +157,10 @@ def checkpoint(
     ] = None,
     name: NameOption = None,
     architecture: ArchitectureOption = None,
-    training_dataset: TrainingDatasetOption = None,
-    training: TrainingOption = Training.normal,
-    threat_model: ThreatOption = None,
-    eps: EpsOption = None,
-    clean_acc: CleanAccOption = None,
-    robust_acc: RobustAccOption = None,
-    paper: PaperOption = None,
     fold_batchnorm: FoldOption = False,
-    device: DeviceOption = Device.auto,
-    force: ForceOption = False,
-    allow_nonfinite: NonfiniteOption = False,
-    quiet: QuietOption = False,
+    *,
+    training: TrainingInfo,
+    run: RunOptions,
 ) -> None:
     """Store the 3x3 filters of a torch or safetensors checkpoint; all of it or nothing.
 
@@ -138,63 +171,39 @@ def checkpoint(
     from filterdb.ingest.sources import checkpoint as checkpoint_source
 
     with one_line_errors():
-        info = training_info(
-            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
-        )
         candidate = checkpoint_source.checkpoint_candidate(
             path,
             name=name,
             arch=arch,
             architecture=architecture,
-            training=info,
+            training=training,
             fold_batchnorm=fold_batchnorm,
         )
-    run_ingest(
-        context,
-        [candidate],
-        device=device,
-        force=force,
-        allow_nonfinite=allow_nonfinite,
-        quiet=quiet,
-    )
+    run_ingest(context, [candidate], run)
 
 
 @app.command()
+@run_options
+@training_options
 def onnx(
     context: typer.Context,
     path: Annotated[Path, typer.Argument(help="An ONNX model file.")],
     name: NameOption = None,
-    training_dataset: TrainingDatasetOption = None,
-    training: TrainingOption = Training.normal,
-    threat_model: ThreatOption = None,
-    eps: EpsOption = None,
-    clean_acc: CleanAccOption = None,
-    robust_acc: RobustAccOption = None,
-    paper: PaperOption = None,
-    device: DeviceOption = Device.auto,
-    force: ForceOption = False,
-    allow_nonfinite: NonfiniteOption = False,
-    quiet: QuietOption = False,
+    *,
+    training: TrainingInfo,
+    run: RunOptions,
 ) -> None:
     """Store the 3x3 filters of an ONNX model; depth comes from its graph."""
     from filterdb.ingest.sources import onnx_file
 
     with one_line_errors():
-        info = training_info(
-            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
-        )
-        candidate = onnx_file.onnx_candidate(path, name=name, training=info)
-    run_ingest(
-        context,
-        [candidate],
-        device=device,
-        force=force,
-        allow_nonfinite=allow_nonfinite,
-        quiet=quiet,
-    )
+        candidate = onnx_file.onnx_candidate(path, name=name, training=training)
+    run_ingest(context, [candidate], run)
 
 
 @app.command()
+@run_options
+@training_options
 def timm(
     context: typer.Context,
     models: Annotated[
@@ -211,17 +220,9 @@ def timm(
         str | None, typer.Option(help="Model name (one model only; default timm:NAME.TAG).")
     ] = None,
     architecture: ArchitectureOption = None,
-    training_dataset: TrainingDatasetOption = None,
-    training: TrainingOption = Training.normal,
-    threat_model: ThreatOption = None,
-    eps: EpsOption = None,
-    clean_acc: CleanAccOption = None,
-    robust_acc: RobustAccOption = None,
-    paper: PaperOption = None,
-    device: DeviceOption = Device.auto,
-    force: ForceOption = False,
-    allow_nonfinite: NonfiniteOption = False,
-    quiet: QuietOption = False,
+    *,
+    training: TrainingInfo,
+    run: RunOptions,
 ) -> None:
     """Store timm's pretrained weights, from the Hugging Face Hub cache (fetched if needed).
 
@@ -240,23 +241,16 @@ def timm(
                 name=name,
                 revision=revision,
                 architecture=architecture,
-                training=training_info(
-                    training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
-                ),
+                training=training,
             )
             for spec in models
         ]
-    run_ingest(
-        context,
-        candidates,
-        device=device,
-        force=force,
-        allow_nonfinite=allow_nonfinite,
-        quiet=quiet,
-    )
+    run_ingest(context, candidates, run)
 
 
 @app.command()
+@run_options
+@training_options
 def torchvision(
     context: typer.Context,
     model: Annotated[str, typer.Argument(help="torchvision model name, e.g. resnet50.")],
@@ -268,17 +262,9 @@ def torchvision(
         str | None, typer.Option(help="Model name (default: torchvision:MODEL.WEIGHTS).")
     ] = None,
     architecture: ArchitectureOption = None,
-    training_dataset: TrainingDatasetOption = None,
-    training: TrainingOption = Training.normal,
-    threat_model: ThreatOption = None,
-    eps: EpsOption = None,
-    clean_acc: CleanAccOption = None,
-    robust_acc: RobustAccOption = None,
-    paper: PaperOption = None,
-    device: DeviceOption = Device.auto,
-    force: ForceOption = False,
-    allow_nonfinite: NonfiniteOption = False,
-    quiet: QuietOption = False,
+    *,
+    training: TrainingInfo,
+    run: RunOptions,
 ) -> None:
     """Store torchvision's pretrained weights from the torch hub cache ($TORCH_HOME/hub).
 
@@ -288,23 +274,14 @@ def torchvision(
     from filterdb.ingest.sources.torchvision_hub import torchvision_candidate
 
     with one_line_errors():
-        info = training_info(
-            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
-        )
         candidate = torchvision_candidate(
-            model, weights=weights, name=name, architecture=architecture, training=info
+            model, weights=weights, name=name, architecture=architecture, training=training
         )
-    run_ingest(
-        context,
-        [candidate],
-        device=device,
-        force=force,
-        allow_nonfinite=allow_nonfinite,
-        quiet=quiet,
-    )
+    run_ingest(context, [candidate], run)
 
 
 @app.command()
+@run_options
 def manifest(
     context: typer.Context,
     path: Annotated[
@@ -315,10 +292,8 @@ def manifest(
             "training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper."
         ),
     ],
-    device: DeviceOption = Device.auto,
-    force: ForceOption = False,
-    allow_nonfinite: NonfiniteOption = False,
-    quiet: QuietOption = False,
+    *,
+    run: RunOptions,
 ) -> None:
     """Store many models from one manifest, in one process; unchanged rows are skipped.
 
@@ -330,13 +305,13 @@ def manifest(
 
     with one_line_errors():
         total = len(read_manifest(path))
-    with one_line_errors(), models_progress(total, quiet=quiet) as on_progress:
+    with one_line_errors(), models_progress(total, quiet=run.quiet) as on_progress:
         run = ingest_manifest(
             path,
             url=database_url(context),
-            device=device.value,
-            force=force,
-            allow_nonfinite=allow_nonfinite,
+            device=run.device.value,
+            force=run.force,
+            allow_nonfinite=run.allow_nonfinite,
             on_progress=on_progress,
         )
     counts: dict[str, int] = {}
@@ -352,6 +327,8 @@ def manifest(
 
 
 @app.command()
+@run_options
+@training_options
 def hf(
     context: typer.Context,
     repo: Annotated[
@@ -363,17 +340,9 @@ def hf(
     ],
     name: Annotated[str | None, typer.Option(help="Model name (default: hf:ORG/NAME).")] = None,
     architecture: ArchitectureOption = None,
-    training_dataset: TrainingDatasetOption = None,
-    training: TrainingOption = Training.normal,
-    threat_model: ThreatOption = None,
-    eps: EpsOption = None,
-    clean_acc: CleanAccOption = None,
-    robust_acc: RobustAccOption = None,
-    paper: PaperOption = None,
-    device: DeviceOption = Device.auto,
-    force: ForceOption = False,
-    allow_nonfinite: NonfiniteOption = False,
-    quiet: QuietOption = False,
+    *,
+    training: TrainingInfo,
+    run: RunOptions,
 ) -> None:
     """Store a Hugging Face Hub model's 3x3 filters (cache first; HF_HUB_OFFLINE=1: only).
 
@@ -383,40 +352,27 @@ def hf(
     from filterdb.ingest.sources.hf_hub import hf_candidate
 
     with one_line_errors():
-        info = training_info(
-            training, training_dataset, threat_model, eps, clean_acc, robust_acc, paper
-        )
-        candidate = hf_candidate(repo, name=name, architecture=architecture, training=info)
-    run_ingest(
-        context,
-        [candidate],
-        device=device,
-        force=force,
-        allow_nonfinite=allow_nonfinite,
-        quiet=quiet,
-    )
+        candidate = hf_candidate(repo, name=name, architecture=architecture, training=training)
+    run_ingest(context, [candidate], run)
 
 
 def run_ingest(
     context: typer.Context,
     candidates: list[Candidate],
+    run: RunOptions,
     *,
-    device: Device,
-    force: bool,
-    allow_nonfinite: bool,
-    quiet: bool,
     missing: list[str] = (),
 ) -> None:
     """Ingest ``candidates``, print one line per model, exit 1 when any failed or missed."""
     from filterdb.ingest.pipeline import ingest_all
 
-    with one_line_errors(), ingest_progress(len(candidates), quiet=quiet) as on_progress:
+    with one_line_errors(), ingest_progress(len(candidates), quiet=run.quiet) as on_progress:
         results, failures = ingest_all(
             candidates,
             url=database_url(context),
-            device=device.value,
-            force=force,
-            allow_nonfinite=allow_nonfinite,
+            device=run.device.value,
+            force=run.force,
+            allow_nonfinite=run.allow_nonfinite,
             on_progress=on_progress,
         )
     for result in results:
@@ -474,6 +430,7 @@ ModelInfoOption = Annotated[
 
 
 @app.command()
+@run_options
 def robustbench(
     context: typer.Context,
     dataset: Annotated[Dataset, typer.Option(help="Training dataset of the zoo entries.")],
@@ -489,10 +446,8 @@ def robustbench(
     model_dir: ModelDirOption = DEFAULT_MODEL_DIR,
     model_info: ModelInfoOption = None,
     fold_batchnorm: FoldOption = False,
-    device: DeviceOption = Device.auto,
-    force: ForceOption = False,
-    allow_nonfinite: NonfiniteOption = False,
-    quiet: QuietOption = False,
+    *,
+    run: RunOptions,
 ) -> None:
     """Store RobustBench zoo entries from robustbench's cache layout (offline)."""
     from filterdb.ingest.zoo_selection import zoo_selection
@@ -513,12 +468,4 @@ def robustbench(
         err_console.print(
             f"note: {name} has no leaderboard file under {model_info}; stored without"
         )
-    run_ingest(
-        context,
-        selection.candidates,
-        device=device,
-        force=force,
-        allow_nonfinite=allow_nonfinite,
-        quiet=quiet,
-        missing=selection.missing,
-    )
+    run_ingest(context, selection.candidates, run, missing=selection.missing)
