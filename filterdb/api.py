@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from filterdb.analysis.pca_drift import GroupPCA
     from filterdb.errors import FilterdbError
+    from filterdb.ingest.manifest import ManifestRun
     from filterdb.ingest.pipeline import IngestResult, ProgressCallback
     from filterdb.ingest.zoo_selection import SyncResult
     from filterdb.metrics.cache import ComputeProgress, ComputeResult
@@ -149,6 +150,64 @@ class FilterDB:
             on_progress=on_progress,
         )
         return results, failures, selection.missing
+
+    def ingest_timm(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        revision: str | None = None,
+        training: TrainingInfo | None = None,
+        device: str = "auto",
+        force: bool = False,
+    ) -> IngestResult:
+        """Store timm's pretrained weights ``NAME[.TAG]`` from the Hugging Face Hub cache."""
+        from filterdb.ingest.pipeline import ingest
+        from filterdb.ingest.sources.timm_hub import timm_candidate
+
+        candidate = timm_candidate(spec, name=name, revision=revision, training=training)
+        return ingest(candidate, url=self.url, device=device, force=force)
+
+    def ingest_hf(
+        self,
+        spec: str,
+        *,
+        name: str | None = None,
+        training: TrainingInfo | None = None,
+        device: str = "auto",
+        force: bool = False,
+    ) -> IngestResult:
+        """Store a Hub model repository ``ORG/NAME[@REVISION]``'s 3x3 filters."""
+        from filterdb.ingest.pipeline import ingest
+        from filterdb.ingest.sources.hf_hub import hf_candidate
+
+        candidate = hf_candidate(spec, name=name, training=training)
+        return ingest(candidate, url=self.url, device=device, force=force)
+
+    def ingest_torchvision(
+        self,
+        model: str,
+        *,
+        weights: str | None = None,
+        name: str | None = None,
+        training: TrainingInfo | None = None,
+        device: str = "auto",
+        force: bool = False,
+    ) -> IngestResult:
+        """Store torchvision's pretrained weights from the torch hub cache (``$TORCH_HOME``)."""
+        from filterdb.ingest.pipeline import ingest
+        from filterdb.ingest.sources.torchvision_hub import torchvision_candidate
+
+        candidate = torchvision_candidate(model, weights=weights, name=name, training=training)
+        return ingest(candidate, url=self.url, device=device, force=force)
+
+    def ingest_manifest(
+        self, path: Path, *, device: str = "auto", force: bool = False
+    ) -> ManifestRun:
+        """Store every model a CSV or Parquet manifest lists; failed rows are collected."""
+        from filterdb.ingest.manifest import ingest_manifest
+
+        return ingest_manifest(Path(path), url=self.url, device=device, force=force)
 
     def sync_leaderboard(self, model_info: str | Path) -> SyncResult:
         """Update the stored zoo models' training rows from RobustBench's leaderboard files."""
