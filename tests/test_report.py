@@ -42,7 +42,7 @@ from filterdb.cli.main import app
 from filterdb.errors import FilterdbError, NoPCA, PairingError
 from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
-from filterdb.metrics.drift import drift_matrix
+from filterdb.metrics.drift import drift_matrix, drift_series
 from filterdb.reports.compare import compare_models
 from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 from filterdb.warehouse import migrate
