@@ -52,13 +52,14 @@ bin's; ``bins_agreeing`` counts the tested bins whose |effect| is at most the ta
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import polars as pl
 
 from filterdb.analysis.comparison import PAIRED_TEST, SIGNIFICANCE_LEVEL
+from filterdb.analysis.pairing import Pairing
 
 SUPPORTED = "supported"
 CONTRADICTED = "contradicted"
@@ -198,7 +199,7 @@ def directional_finding(
             metric=metric,
             verdict=verdict,
             direction=_direction(median_effect),
-            bins_agreeing=sum(np.sign(e) == sign for e in effects),
+            bins_agreeing=int(sum(np.sign(e) == sign for e in effects)),
             bins_tested=len(tested),
             median_difference=_median([r["median_difference"] for r in tested]),
             effect_size=median_effect,
@@ -245,7 +246,7 @@ def location_finding(
             metric=metric,
             verdict=verdict,
             direction=_direction(target["effect_size"]) if target else NO_DIFFERENCE,
-            bins_agreeing=sum(abs(r["effect_size"]) <= size for r in tested) if target else 0,
+            bins_agreeing=int(sum(abs(r["effect_size"]) <= size for r in tested)) if target else 0,
             bins_tested=len(tested),
             median_difference=target["median_difference"] if target else math.nan,
             effect_size=target["effect_size"] if target else math.nan,
@@ -324,3 +325,25 @@ def _significant_reason(rows: list[dict], how: str) -> str:
     names = ", ".join(r["depth_bin"] for r in rows)
     plural = "bins" if len(rows) > 1 else "bin"
     return f"adjusted p < {SIGNIFICANCE_LEVEL:g} {how} in {plural} {names}"
+
+
+def scoped_pairings(
+    pairing: Pairing, family_of: Mapping[str, str | None]
+) -> list[tuple[str, Pairing]]:
+    """``pairing`` overall, then per training dataset and per architecture family.
+
+    Scopes are ``all``, ``training_dataset=<name>`` (each dataset with at least one pair)
+    and ``family=<name>`` (the robust model's family, from ``family_of``; pairs of an
+    unknown family are in no family scope). A scope keeps the pairs it names; its
+    unpaired and unresolved lists are empty (they belong to the whole report).
+    """
+    scopes = [("all", pairing)]
+    for key, of_pair in (
+        ("training_dataset", lambda pair: pair.dataset),
+        ("family", lambda pair: family_of.get(pair.robust)),
+    ):
+        values = sorted({v for v in map(of_pair, pairing.pairs) if v is not None})
+        for value in values:
+            pairs = tuple(p for p in pairing.pairs if of_pair(p) == value)
+            scopes.append((f"{key}={value}", Pairing(pairs, (), (), (), pairing.source)))
+    return scopes
