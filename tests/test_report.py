@@ -377,13 +377,17 @@ def test_summary_csv_holds_full_precision_floats(auto_report):
 def test_html_embeds_every_png_and_the_pngs_are_valid(auto_report):
     out = auto_report.html.parent
     pngs = sorted(out.glob("*.png"))
-    assert pngs == sorted(auto_report.plots) and len(pngs) == 2
+    # Box plots, drift, the eigen-filters, and the galleries of r1, r2, r3 and their twin n1.
+    assert pngs == sorted(auto_report.plots) and len(pngs) == 7
+    assert {p.name for p in pngs} >= {f"gallery_{m}_0.png" for m in ("r1", "r2", "r3", "n1")}
+    for png in pngs:
+        assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
     html = auto_report.html.read_text()
     embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
-    assert len(embedded) == html.count("data:image/png;base64,") == len(pngs)
-    assert sorted(base64.b64decode(data) for data in embedded) == sorted(
-        p.read_bytes() for p in pngs
-    )
+    assert len(embedded) == html.count("data:image/png;base64,")
+    # Each robust model's gallery beside its twin's: n1 is shown once per pair drawn.
+    assert len(embedded) == len(pngs) + 2
+    assert {base64.b64decode(data) for data in embedded} == {p.read_bytes() for p in pngs}
     for png in pngs:
         data = png.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 5_000
@@ -455,7 +459,8 @@ def test_every_drift_value_stands_beside_its_null(auto_report):
 def test_report_states_its_weights_form_and_its_corrections(auto_report):
     assert auto_report.weights_form == "raw"
     markdown = auto_report.summary_md.read_text(encoding="utf-8")
-    assert markdown.startswith("# Robust vs normal filters by depth (weights: raw)")
+    title = "# Robust vs normal filters: 3 robust vs 3 normal models (toy) (weights: raw)"
+    assert markdown.startswith(title)
     assert "- weights form: raw (the checkpoints' own tensors)" in markdown
     assert "Holm-adjusted" in markdown and "2/2^n" in markdown and "within_noise" in markdown
     page = auto_report.html.read_text(encoding="utf-8")

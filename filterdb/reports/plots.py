@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import polars as pl
-from matplotlib import cbook
+from matplotlib import cbook, rc_context
 from matplotlib.collections import LineCollection, PatchCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -298,7 +298,7 @@ def filter_gallery(weight: np.ndarray, path: Path, *, title: str) -> DrawnGaller
     n = len(images)
     columns = min(16, max(1, int(np.ceil(np.sqrt(n)))))
     rows = -(-n // columns)
-    figure = Figure(figsize=(0.45 * columns + 0.6, 0.45 * rows + 1.1), dpi=DPI)
+    figure = Figure(figsize=(max(3.5, 0.6 * columns + 0.6), 0.6 * rows + 1.1), dpi=DPI)
     axes = figure.subplots(rows, columns, squeeze=False)
     for k, axis in enumerate(axes.flat):
         axis.set_axis_off()
@@ -399,5 +399,7 @@ def _save(figure: Figure, path: Path, *, svg: bool = False) -> Path:
     too, for papers. The SVG carries no date (``metadata``), so it is reproducible."""
     figure.savefig(path, format="png")
     if svg:
-        figure.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
+        # A fixed salt: the SVG's element ids are otherwise random on every save.
+        with rc_context({"svg.hashsalt": "filterdb"}):
+            figure.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
     return path

@@ -205,7 +205,9 @@ def write_robust_vs_normal_report(
     )
     paths["summary.md"].write_text(document.markdown(), encoding="utf-8")
     paths["report.html"].write_text(document.html(), encoding="utf-8")
-    images = (*figures, *(g.png for g in galleries), *([eigen] if eigen else []))
+    images = tuple(
+        dict.fromkeys((*figures, *(g.png for g in galleries), *([eigen] if eigen else [])))
+    )
     return ReportResult(
         html=paths["report.html"],
         summary_csv=paths["summary.csv"],
@@ -367,9 +369,12 @@ class _Header:
             ("normal models compared", _listed(pairing.normal_models)),
             *_pairing_lines(pairing, form),
         )
-        return cls(f"Robust vs normal filters: {groups}, weights {form}", groups, lines)
+        return cls(f"Robust vs normal filters: {groups} (weights: {form})", groups, lines)
 
 
+# The header's first lines (database to weights form) open the document; the rest of
+# what was compared follows the findings.
+HEADER_LINES = 7
 FINDING_COLUMNS = (
     "claim",
     "metric",
@@ -430,6 +435,7 @@ class _Document:
                 ],
             ),
             ("Accuracy", [("table", self.accuracy)]),
+            ("About the comparison", [("facts", self.header.lines[HEADER_LINES:])]),
             (
                 "Figures",
                 [
@@ -468,7 +474,7 @@ class _Document:
 
     def markdown(self) -> str:
         parts = [f"# {self.header.title}\n"]
-        parts += [f"- {name}: {value}" for name, value in self.header.lines]
+        parts += [f"- {name}: {value}" for name, value in self.header.lines[:HEADER_LINES]]
         for heading, items in self.sections():
             parts.append(f"\n## {heading}\n")
             for kind, item in items:
@@ -476,6 +482,8 @@ class _Document:
                     parts.append(f"{item}\n")
                 elif kind == "list":
                     parts += [f"- {line}" for line in item] + [""]
+                elif kind == "facts":
+                    parts += [f"- {name}: {value}" for name, value in item] + [""]
                 elif kind == "table":
                     parts.append(markdown_table(item))
                 elif kind == "details":
@@ -489,8 +497,11 @@ class _Document:
         return "\n".join(parts)
 
     def html(self) -> str:
-        facts = pl.DataFrame(list(self.header.lines), schema=["about", "value"], orient="row")
-        body = [f"<h1>{html.escape(self.header.title)}</h1>", html_table(facts)]
+        header = " · ".join(
+            f"<b>{html.escape(name)}</b>: {html.escape(value)}"
+            for name, value in self.header.lines[:HEADER_LINES]
+        )
+        body = [f"<h1>{html.escape(self.header.title)}</h1>", f'<p class="header">{header}</p>']
         for heading, items in self.sections():
             body.append(f"<h2>{html.escape(heading)}</h2>")
             for kind, item in items:
@@ -501,6 +512,9 @@ class _Document:
                     body.append("</ul>")
                 elif kind == "table":
                     body.append(html_table(item))
+                elif kind == "facts":
+                    facts = pl.DataFrame(list(item), schema=["about", "value"], orient="row")
+                    body.append(html_table(facts))
                 elif kind == "details":
                     body.append(collapsible(*item))
                 elif kind == "figure":
