@@ -10,10 +10,14 @@ from __future__ import annotations
 import base64
 import csv
 import functools
+import html
 import html.parser
 import itertools
+import json
 import math
+import os
 import re
+import subprocess
 from fractions import Fraction
 
 import matplotlib.image
@@ -752,3 +756,98 @@ def test_html_and_markdown_tables_show_the_statistics(auto_report):
             assert heading in tables, (page, heading)
             _assert_table_shows(tables[heading], frame)
     _assert_table_shows(parser.tables["Summary"], auto_report.summary)
+
+
+# --- the report in a real browser ----------------------------------------------------------
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,2000",
+)
+# Runs once the page (and its embedded images) has loaded: opens every <details>, then
+# writes what the test checks into the DOM, which --dump-dom prints.
+BROWSER_PROBE = """<script>
+window.addEventListener("load", () => {
+  document.querySelectorAll("details").forEach((d) => { d.open = true; });
+  const probe = document.createElement("pre");
+  probe.id = "probe";
+  probe.textContent = JSON.stringify({
+    scrollWidth: document.documentElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    text: document.body.innerText.length,
+    images: [...document.images].map((i) => [i.alt, i.complete, i.naturalWidth]),
+    tables: [...document.querySelectorAll("table")].map((t) => [
+      t.getBoundingClientRect().right, t.scrollWidth, t.parentElement.clientWidth]),
+  });
+  document.body.appendChild(probe);
+});
+</script></body>"""
+
+
+def chromium() -> str:
+    """The chromium executable; skipped without one, except in CI, where it must exist."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("FILTERDB_REQUIRE_POSTGRES") == "1":
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return found
+
+
+def browse(page, tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    return subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def browser_probe(html_path, tmp_path) -> dict:
+    page = tmp_path / "probe.html"
+    page.write_text(html_path.read_text(encoding="utf-8").replace("</body>", BROWSER_PROBE, 1))
+    done = browse(page, tmp_path, "--virtual-time-budget=10000", "--dump-dom")
+    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_report_renders_in_a_browser(auto_report, tmp_path):
+    screenshot = tmp_path / "screenshot.png"
+    done = browse(auto_report.html, tmp_path, f"--screenshot={screenshot}")
+    assert screenshot.exists(), done.stderr[-2000:]
+    pixels = matplotlib.image.imread(screenshot)[..., :3]
+    inked = (pixels.min(axis=2) < 0.9).mean()
+    assert inked > 0.02, f"the page looks blank: {inked:.1%} of the screenshot is not white"
+    probe = browser_probe(auto_report.html, tmp_path)
+    assert probe["text"] > 1000
+    assert len(probe["images"]) >= 3
+    for alt, complete, natural_width in probe["images"]:
+        assert complete and natural_width > 0, f"image {alt} did not load"
+    # Every <details> is open: no table, nor the page, is wider than the window.
+    assert probe["scrollWidth"] <= probe["innerWidth"]
+    for right, width, room in probe["tables"]:
+        assert right <= probe["innerWidth"] and width <= room, (right, width, room)
+
+
+def test_browser_check_sees_a_broken_image_and_a_wide_table(auto_report, tmp_path):
+    text = auto_report.html.read_text(encoding="utf-8")
+    broken = tmp_path / "broken.html"
+    # An image that cannot load, and a table that ignores the page's width.
+    broken.write_text(
+        text.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1).replace(
+            "</body>", "<table><tr>" + "<td>wide-cell-content</td>" * 200 + "</tr></table></body>"
+        )
+    )
+    probe = browser_probe(broken, tmp_path)
+    assert any(width == 0 for _, _, width in probe["images"])
+    assert probe["scrollWidth"] > probe["innerWidth"]

@@ -328,8 +328,8 @@ def eigen_filter_pair(pcas: dict[str, PCAResult], path: Path) -> Path:
             axis.set_yticks([])
         row[0].set_ylabel(f"{side}\n{pca.n_filters:,} filters", fontsize=8)
     figure.suptitle("first-layer eigen-filters: robust vs normal group", fontsize=10)
-    _margins(figure, left=0.8, right=1.0, top=0.45, bottom=0.1, hspace=0.4, wspace=0.1)
-    figure.colorbar(image, cax=figure.add_axes((0.93, 0.1, 0.012, 0.7)), label="weight")
+    _margins(figure, left=0.8, right=1.2, top=0.45, bottom=0.1, hspace=0.4, wspace=0.1)
+    figure.colorbar(image, cax=figure.add_axes((0.905, 0.1, 0.012, 0.7)), label="weight")
     return _save(figure, path, svg=True)
 
 
