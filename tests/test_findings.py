@@ -27,7 +27,9 @@ from filterdb.analysis.findings import (
     findings,
     findings_frame,
     location_finding,
+    scoped_pairings,
 )
+from filterdb.analysis.pairing import Pair, Pairing
 
 LABELS = ("first", "0-10%", "10-20%", "20-30%", "90-100%")
 
@@ -251,3 +253,25 @@ def test_every_claim_answered_and_framed():
     assert all(f.sentence().endswith(").") for f in found)
     nan_free = found[0].to_json()
     assert nan_free["p_adjusted"] == 0.01 and nan_free["claim"] == "more_diverse"
+
+
+def test_scopes_per_dataset_and_family():
+    pairs = (
+        Pair("a", "x", "wrn", "cifar10"),
+        Pair("b", "y", "resnet", "cifar10"),
+        Pair("c", "z", "wrn", "cifar100"),
+    )
+    pairing = Pairing(pairs, ("lonely",), (), (), "stored metadata")
+    family_of = {"a": "WideResNet", "b": "ResNet", "c": "WideResNet"}
+    scopes = dict(scoped_pairings(pairing, family_of))
+    assert list(scopes) == [
+        "all",
+        "training_dataset=cifar10",
+        "training_dataset=cifar100",
+        "family=ResNet",
+        "family=WideResNet",
+    ]
+    assert scopes["all"] is pairing
+    assert [p.robust for p in scopes["training_dataset=cifar10"].pairs] == ["a", "b"]
+    assert [p.robust for p in scopes["family=WideResNet"].pairs] == ["a", "c"]
+    assert scopes["family=ResNet"].unpaired_robust == ()

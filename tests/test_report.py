@@ -851,3 +851,65 @@ def test_browser_check_sees_a_broken_image_and_a_wide_table(auto_report, tmp_pat
     probe = browser_probe(broken, tmp_path)
     assert any(width == 0 for _, _, width in probe["images"])
     assert probe["scrollWidth"] > probe["innerWidth"]
+
+
+# --- the findings, in the files and on the page --------------------------------------------
+
+
+def test_findings_json_answers_every_claim(auto_report):
+    found = json.loads(auto_report.findings_json.read_text(encoding="utf-8"))
+    required = {"claim", "verdict", "direction", "bins_agreeing", "bins_tested"}
+    required |= {"median_difference", "effect_size", "p_adjusted", "reason", "scope"}
+    assert all(required <= set(f) for f in found)
+    # Every claim, overall and for the one training dataset (no family is stored).
+    assert {f["scope"] for f in found} == {"all", "training_dataset=toy"}
+    claims = {f["claim"] for f in found}
+    assert claims == {
+        "more_diverse",
+        "less_sparse",
+        "more_orthogonal",
+        "deepest_differ_most",
+        "first_differs_most",
+    }
+    # Three models a side, unpaired: no outcome reaches p < 0.05 (2 / C(6, 3) = 0.1), so
+    # no claim can be decided, whatever the values.
+    assert {(f["verdict"], f["reason"]) for f in found} == {
+        ("not testable", "6 models: the smallest possible p is 0.1")
+    }
+    more_diverse = next(f for f in found if f["metric"] == "variance_entropy_scaled")
+    rows = auto_report.statistics.filter(pl.col("metric") == "variance_entropy_scaled")
+    assert more_diverse["bins_tested"] == rows.height
+    assert more_diverse["bins_agreeing"] == (rows["effect_size"] > 0).sum()
+    assert more_diverse["median_difference"] == pytest.approx(rows["median_difference"].median())
+
+
+def test_findings_open_the_page_and_their_table_shows_them(auto_report):
+    page = auto_report.html.read_text(encoding="utf-8")
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings[0] == "Findings" and headings.index("Accuracy") == 1
+    assert page.index("<h2>Figures</h2>") < page.index("<h2>Metrics per depth bin</h2>")
+    assert "SPEC" not in page and "SPEC" not in auto_report.summary_md.read_text()
+    assert "database</b>: duckdb" in page or "database</b>: postgresql" in page
+    parser = _Tables()
+    parser.feed(page)
+    overall = pl.DataFrame([vars(f) for f in auto_report.findings if f.scope == "all"])
+    expected = overall.drop("scope")
+    for page_tables in (parser.tables, _markdown_tables(auto_report.summary_md.read_text())):
+        _assert_table_shows(page_tables["Findings"], expected)
+    accuracy = parser.tables["Accuracy"]
+    assert accuracy[0][-2:] == ["clean_acc", "robust_acc"]
+    assert sorted(r[0] for r in accuracy[1:]) == sorted(TOY_ROBUST + TOY_NORMAL)
+
+
+def test_one_pair_is_not_testable_end_to_end(zoo_url, tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(",Robust,Normal,Arch,Dataset\n0,r1,n1,tiny-cnn,toy\n")
+    result = write_robust_vs_normal_report(url=zoo_url, out_dir=tmp_path / "out", pairs_file=pairs)
+    overall = [f for f in result.findings if f.scope == "all"]
+    assert {f.verdict for f in overall} == {"not testable"}
+    # r1 and n1 share their sparsity in every bin, so that test is undefined; the other
+    # metrics are tested on one pair, whose smallest possible p is 2 / 2^1.
+    tested = {f.reason for f in overall if f.metric != "sparsity"}
+    assert tested == {"1 pair: the smallest possible p is 1"}
+    sparsity = next(f for f in overall if f.claim == "less_sparse")
+    assert sparsity.reason == "no bin could be tested (no test: all paired differences are 0)"
