@@ -126,6 +126,9 @@ def compare(
         emit_frame(frame, fmt, output, title=title)
     if comparison.plot is not None:  # stderr: stdout may carry CSV or JSON
         err_console.print(f"plot: {comparison.plot}", markup=False, soft_wrap=True)
+        for drawn in comparison.galleries:
+            err_console.print(f"gallery: {drawn.png}", markup=False, soft_wrap=True)
+        err_console.print(f"findings: {comparison.findings_json}", markup=False, soft_wrap=True)
 
 
 @app.command("gallery")

@@ -913,3 +913,30 @@ def test_one_pair_is_not_testable_end_to_end(zoo_url, tmp_path):
     assert tested == {"1 pair: the smallest possible p is 1"}
     sparsity = next(f for f in overall if f.claim == "less_sparse")
     assert sparsity.reason == "no bin could be tested (no test: all paired differences are 0)"
+
+
+def test_compare_writes_findings_and_both_galleries(zoo_url, tmp_path):
+    comparison = compare_models("r1", "n1", url=zoo_url, out_dir=tmp_path)
+    assert [g.png.name for g in comparison.galleries] == ["gallery_r1_0.png", "gallery_n1_0.png"]
+    # First layer of 3 inputs: one colour image per output channel (8 of them).
+    assert {(g.kernels_shown, g.kernels) for g in comparison.galleries} == {(8, 8)}
+    found = json.loads(comparison.findings_json.read_text())
+    assert {f["scope"] for f in found} == {"r1 vs n1"}
+    tested = [f for f in found if f["claim"] == "more_orthogonal"]
+    assert tested[0]["reason"] == "1 pair: the smallest possible p is 1"
+    differences = comparison.bins.filter(pl.col("metric") == "orthogonality")["difference"]
+    assert tested[0]["bins_agreeing"] == (differences > 0).sum()
+    assert (tmp_path / "comparison.svg").exists()
+
+
+def test_cli_gallery_draws_any_layer(zoo_url, tmp_path):
+    result = runner.invoke(
+        app, ["--db", zoo_url, "gallery", "lonely", "--layer", "2", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "36 of 36 kernels" in result.output and "symmetric" in result.output
+    image = matplotlib.image.imread(tmp_path / "gallery_lonely_2.png")
+    assert image.ndim == 3 and min(image.shape[:2]) > 200
+    refused = runner.invoke(app, ["--db", zoo_url, "gallery", "lonely", "--layer", "nope"])
+    assert refused.exit_code == 1 and refused.output.startswith("error: model lonely has no")
+    assert refused.output.count("\n") == 1
