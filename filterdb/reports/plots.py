@@ -298,7 +298,7 @@ def filter_gallery(weight: np.ndarray, path: Path, *, title: str) -> DrawnGaller
     n = len(images)
     columns = min(16, max(1, int(np.ceil(np.sqrt(n)))))
     rows = -(-n // columns)
-    figure = Figure(figsize=(max(3.5, 0.6 * columns + 0.6), 0.6 * rows + 1.1), dpi=DPI)
+    figure = Figure(figsize=(max(4.5, 0.6 * columns + 0.6), 0.6 * rows + 1.3), dpi=DPI)
     axes = figure.subplots(rows, columns, squeeze=False)
     for k, axis in enumerate(axes.flat):
         axis.set_axis_off()
@@ -308,8 +308,9 @@ def filter_gallery(weight: np.ndarray, path: Path, *, title: str) -> DrawnGaller
             else:
                 axis.imshow(images[k], cmap="RdBu_r", vmin=-limit, vmax=limit)
     shown = f"{n} of {total}" if n < total else f"{n}"
-    figure.suptitle(f"{title}\n{shown} kernels; {normalisation}", fontsize=7)
-    _margins(figure, left=0.3, right=0.3, top=0.6, bottom=0.2, hspace=0.1, wspace=0.1)
+    scale = normalisation.replace(": ", ":\n", 1) if in_channels == 3 else normalisation
+    figure.suptitle(f"{title}\n{shown} kernels; {scale}", fontsize=7)
+    _margins(figure, left=0.3, right=0.3, top=0.75, bottom=0.2, hspace=0.1, wspace=0.1)
     _save(figure, path, svg=True)
     return DrawnGallery(path, path.with_suffix(".svg"), n, total, normalisation)
 
