@@ -37,24 +37,31 @@ class Gallery:
 
 
 def layer_weight(
-    model: str, *, layer: str | None = None, url: str | None = None
+    model: str,
+    *,
+    layer: str | None = None,
+    url: str | None = None,
+    layers: pl.DataFrame | None = None,
 ) -> tuple[str, np.ndarray]:
     """The stored layer of ``model`` (default: its first conv) as an (out, in, 3, 3) array.
+
+    ``layers`` is :func:`stored_layers` when the caller has it already (read otherwise).
 
     Raises
     ------
     FilterdbError
         No such model, or the model has no layer of that name.
     """
-    layers = stored_layers(url=url).filter(pl.col("model_name") == model)
-    if layers.height == 0:
+    layers = stored_layers(url=url) if layers is None else layers
+    of_model = layers.filter(pl.col("model_name") == model)
+    if of_model.height == 0:
         raise FilterdbError(f"no stored model named {model}; `filterdb models` lists them")
     if layer is None:
-        row = layers.sort("conv_index").row(0, named=True)
+        row = of_model.sort("conv_index").row(0, named=True)
     else:
-        chosen = layers.filter(pl.col("layer_name") == layer)
+        chosen = of_model.filter(pl.col("layer_name") == layer)
         if chosen.height == 0:
-            names = ", ".join(layers["layer_name"].head(5))
+            names = ", ".join(of_model["layer_name"].head(5))
             raise FilterdbError(
                 f"model {model} has no layer named {layer}; its layers start {names} "
                 f"(`filterdb layers {model}` lists them)"
@@ -73,14 +80,16 @@ def write_gallery(
     layer: str | None = None,
     out_dir: Path,
     title: str | None = None,
+    layers: pl.DataFrame | None = None,
 ) -> Gallery:
     """Draw ``layer`` of ``model`` (default: the first conv) as ``gallery_<model>_<layer>``.
 
     PNG and SVG in ``out_dir``. With three inputs per kernel each output channel is one
     colour image; otherwise every 3x3 kernel is one image on a diverging scale (the
-    normalisation is in the title and in :attr:`Gallery.normalisation`).
+    normalisation is in the title and in :attr:`Gallery.normalisation`). ``layers`` as
+    :func:`layer_weight` takes it.
     """
-    name, weight = layer_weight(model, layer=layer, url=url)
+    name, weight = layer_weight(model, layer=layer, url=url, layers=layers)
     output_directory(out_dir)
     stem = f"gallery_{_safe(model)}_{_safe(name)}"
     drawn = plots.filter_gallery(weight, out_dir / f"{stem}.png", title=title or f"{model}: {name}")
@@ -88,16 +97,21 @@ def write_gallery(
 
 
 def write_eigen_filter_pair(
-    robust_models: list[str], normal_models: list[str], *, url: str | None = None, out_dir: Path
+    robust_models: list[str],
+    normal_models: list[str],
+    *,
+    url: str | None = None,
+    out_dir: Path,
+    layers: pl.DataFrame | None = None,
 ) -> Path | None:
     """The eigen-filters of the robust and of the normal group's first layers, side by side.
 
     Each group's PCA is fitted on its first-layer filters (scaled non-sparse, as the
     metrics take them). Returns the PNG (an SVG beside it), or None when a group has too
-    few filters for a PCA.
+    few filters for a PCA. ``layers`` as :func:`layer_weight` takes it.
     """
     role = dict.fromkeys(robust_models, "robust") | dict.fromkeys(normal_models, "normal")
-    layers = stored_layers(url=url).filter(
+    layers = (stored_layers(url=url) if layers is None else layers).filter(
         pl.col("model_name").is_in(list(role)) & (pl.col("conv_depth") == 0)
     )
     layers = layers.with_columns(pl.col("model_name").replace_strict(role).alias("role"))

@@ -28,7 +28,7 @@ from filterdb.analysis.comparison import (
     summarise,
 )
 from filterdb.analysis.findings import RULES, Finding, findings, findings_frame, scoped_pairings
-from filterdb.analysis.groups import compared_weights_form
+from filterdb.analysis.groups import compared_weights_form, stored_layers
 from filterdb.analysis.pairing import Pairing, find_pairs
 from filterdb.errors import PairingError
 from filterdb.files import output_directory
@@ -187,9 +187,14 @@ def write_robust_vs_normal_report(
             drift, paths["drift_by_depth.png"], weights_form=form, title=header.groups
         ),
     )
-    galleries = _galleries(pairing, url=url, out_dir=out_dir)
+    layers = stored_layers(url=url)
+    galleries = _galleries(pairing, url=url, out_dir=out_dir, layers=layers)
     eigen = write_eigen_filter_pair(
-        list(pairing.robust_models), list(pairing.normal_models), url=url, out_dir=out_dir
+        list(pairing.robust_models),
+        list(pairing.normal_models),
+        url=url,
+        out_dir=out_dir,
+        layers=layers,
     )
     document = _Document(
         header=header,
@@ -226,7 +231,9 @@ def write_robust_vs_normal_report(
     )
 
 
-def _galleries(pairing: Pairing, *, url: str | None, out_dir: Path) -> list[Gallery]:
+def _galleries(
+    pairing: Pairing, *, url: str | None, out_dir: Path, layers: pl.DataFrame
+) -> list[Gallery]:
     """The first layer of each of the first robust models and of its first normal twin."""
     twins = {}
     for pair in pairing.pairs:
@@ -237,7 +244,9 @@ def _galleries(pairing: Pairing, *, url: str | None, out_dir: Path) -> list[Gall
         for model, role in ((robust, "robust"), (twins[robust], "normal")):
             if model not in drawn:
                 title = f"{role}: {model}, first layer"
-                drawn[model] = write_gallery(model, url=url, out_dir=out_dir, title=title)
+                drawn[model] = write_gallery(
+                    model, url=url, out_dir=out_dir, title=title, layers=layers
+                )
             out.append(drawn[model])
     return out
 
