@@ -1,4 +1,4 @@
-"""Commands: ``filterdb report robust-vs-normal`` and ``filterdb compare``."""
+"""Commands: ``filterdb report robust-vs-normal``, ``filterdb compare`` and ``filterdb gallery``."""
 
 from __future__ import annotations
 
@@ -126,3 +126,38 @@ def compare(
         emit_frame(frame, fmt, output, title=title)
     if comparison.plot is not None:  # stderr: stdout may carry CSV or JSON
         err_console.print(f"plot: {comparison.plot}", markup=False, soft_wrap=True)
+        for drawn in comparison.galleries:
+            err_console.print(f"gallery: {drawn.png}", markup=False, soft_wrap=True)
+        err_console.print(f"findings: {comparison.findings_json}", markup=False, soft_wrap=True)
+
+
+@app.command("gallery")
+def gallery(
+    context: typer.Context,
+    model: Annotated[str, typer.Argument(help="A stored model, as `filterdb models` lists it.")],
+    layer: Annotated[
+        str | None,
+        typer.Option("--layer", help="The layer to draw, as `filterdb layers MODEL` names it."),
+    ] = None,
+    first: Annotated[
+        bool, typer.Option("--first", help="Draw the first conv layer (the default).")
+    ] = False,
+    out: Annotated[
+        Path, typer.Option("--out", help="Directory for gallery_<model>_<layer>.png and .svg.")
+    ] = Path("."),
+) -> None:
+    """A layer's 3x3 kernels as an image grid: colour per output channel on RGB inputs."""
+    from filterdb.errors import FilterdbError
+    from filterdb.reports.gallery import write_gallery
+
+    with one_line_errors():
+        if layer is not None and first:
+            raise FilterdbError("--layer and --first both name a layer; give one of them")
+        drawn = write_gallery(model, url=database_url(context), layer=layer, out_dir=out)
+    console.print(
+        f"{drawn.model} {drawn.layer}: {drawn.kernels_shown} of {drawn.kernels} kernels "
+        f"({drawn.normalisation})",
+        markup=False,
+        soft_wrap=True,
+    )
+    console.print(f"gallery: {drawn.png} (and {drawn.svg.name})", markup=False, soft_wrap=True)

@@ -10,10 +10,14 @@ from __future__ import annotations
 import base64
 import csv
 import functools
+import html
 import html.parser
 import itertools
+import json
 import math
+import os
 import re
+import subprocess
 from fractions import Fraction
 
 import matplotlib.image
@@ -377,13 +381,17 @@ def test_summary_csv_holds_full_precision_floats(auto_report):
 def test_html_embeds_every_png_and_the_pngs_are_valid(auto_report):
     out = auto_report.html.parent
     pngs = sorted(out.glob("*.png"))
-    assert pngs == sorted(auto_report.plots) and len(pngs) == 2
+    # Box plots, drift, the eigen-filters, and the galleries of r1, r2, r3 and their twin n1.
+    assert pngs == sorted(auto_report.plots) and len(pngs) == 7
+    assert {p.name for p in pngs} >= {f"gallery_{m}_0.png" for m in ("r1", "r2", "r3", "n1")}
+    for png in pngs:
+        assert png.with_suffix(".svg").read_text().lstrip().startswith("<?xml")
     html = auto_report.html.read_text()
     embedded = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
-    assert len(embedded) == html.count("data:image/png;base64,") == len(pngs)
-    assert sorted(base64.b64decode(data) for data in embedded) == sorted(
-        p.read_bytes() for p in pngs
-    )
+    assert len(embedded) == html.count("data:image/png;base64,")
+    # Each robust model's gallery beside its twin's: n1 is shown once per pair drawn.
+    assert len(embedded) == len(pngs) + 2
+    assert {base64.b64decode(data) for data in embedded} == {p.read_bytes() for p in pngs}
     for png in pngs:
         data = png.read_bytes()
         assert data.startswith(PNG_SIGNATURE) and len(data) > 5_000
@@ -455,7 +463,8 @@ def test_every_drift_value_stands_beside_its_null(auto_report):
 def test_report_states_its_weights_form_and_its_corrections(auto_report):
     assert auto_report.weights_form == "raw"
     markdown = auto_report.summary_md.read_text(encoding="utf-8")
-    assert markdown.startswith("# Robust vs normal filters by depth (weights: raw)")
+    title = "# Robust vs normal filters: 3 robust vs 3 normal models (toy) (weights: raw)"
+    assert markdown.startswith(title)
     assert "- weights form: raw (the checkpoints' own tensors)" in markdown
     assert "Holm-adjusted" in markdown and "2/2^n" in markdown and "within_noise" in markdown
     page = auto_report.html.read_text(encoding="utf-8")
@@ -747,3 +756,187 @@ def test_html_and_markdown_tables_show_the_statistics(auto_report):
             assert heading in tables, (page, heading)
             _assert_table_shows(tables[heading], frame)
     _assert_table_shows(parser.tables["Summary"], auto_report.summary)
+
+
+# --- the report in a real browser ----------------------------------------------------------
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1280,2000",
+)
+# Runs once the page (and its embedded images) has loaded: opens every <details>, then
+# writes what the test checks into the DOM, which --dump-dom prints.
+BROWSER_PROBE = """<script>
+window.addEventListener("load", () => {
+  document.querySelectorAll("details").forEach((d) => { d.open = true; });
+  const probe = document.createElement("pre");
+  probe.id = "probe";
+  probe.textContent = JSON.stringify({
+    scrollWidth: document.documentElement.scrollWidth,
+    innerWidth: window.innerWidth,
+    text: document.body.innerText.length,
+    images: [...document.images].map((i) => [i.alt, i.complete, i.naturalWidth]),
+    tables: [...document.querySelectorAll("table")].map((t) => [
+      t.getBoundingClientRect().right, t.scrollWidth, t.parentElement.clientWidth]),
+  });
+  document.body.appendChild(probe);
+});
+</script></body>"""
+
+
+def chromium() -> str:
+    """The chromium executable; skipped without one, except in CI, where it must exist."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("FILTERDB_REQUIRE_POSTGRES") == "1":
+            pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    return found
+
+
+def browse(page, tmp_path, *extra: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / f"profile-{len(list(tmp_path.iterdir()))}"
+    return subprocess.run(
+        [chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def browser_probe(html_path, tmp_path) -> dict:
+    page = tmp_path / "probe.html"
+    page.write_text(html_path.read_text(encoding="utf-8").replace("</body>", BROWSER_PROBE, 1))
+    done = browse(page, tmp_path, "--virtual-time-budget=10000", "--dump-dom")
+    found = re.search(r'<pre id="probe">(.*?)</pre>', done.stdout, re.S)
+    assert found, done.stderr[-2000:]
+    return json.loads(html.unescape(found.group(1)))
+
+
+def test_report_renders_in_a_browser(auto_report, tmp_path):
+    screenshot = tmp_path / "screenshot.png"
+    done = browse(auto_report.html, tmp_path, f"--screenshot={screenshot}")
+    assert screenshot.exists(), done.stderr[-2000:]
+    pixels = matplotlib.image.imread(screenshot)[..., :3]
+    inked = (pixels.min(axis=2) < 0.9).mean()
+    assert inked > 0.02, f"the page looks blank: {inked:.1%} of the screenshot is not white"
+    probe = browser_probe(auto_report.html, tmp_path)
+    assert probe["text"] > 1000
+    assert len(probe["images"]) >= 3
+    for alt, complete, natural_width in probe["images"]:
+        assert complete and natural_width > 0, f"image {alt} did not load"
+    # Every <details> is open: no table, nor the page, is wider than the window.
+    assert probe["scrollWidth"] <= probe["innerWidth"]
+    for right, width, room in probe["tables"]:
+        assert right <= probe["innerWidth"] and width <= room, (right, width, room)
+
+
+def test_browser_check_sees_a_broken_image_and_a_wide_table(auto_report, tmp_path):
+    text = auto_report.html.read_text(encoding="utf-8")
+    broken = tmp_path / "broken.html"
+    # An image that cannot load, and a table that ignores the page's width.
+    broken.write_text(
+        text.replace('src="data:image/png;base64,', 'src="data:image/png;base64,AAAA', 1).replace(
+            "</body>", "<table><tr>" + "<td>wide-cell-content</td>" * 200 + "</tr></table></body>"
+        )
+    )
+    probe = browser_probe(broken, tmp_path)
+    assert any(width == 0 for _, _, width in probe["images"])
+    assert probe["scrollWidth"] > probe["innerWidth"]
+
+
+# --- the findings, in the files and on the page --------------------------------------------
+
+
+def test_findings_json_answers_every_claim(auto_report):
+    found = json.loads(auto_report.findings_json.read_text(encoding="utf-8"))
+    required = {"claim", "verdict", "direction", "bins_agreeing", "bins_tested"}
+    required |= {"median_difference", "effect_size", "p_adjusted", "reason", "scope"}
+    assert all(required <= set(f) for f in found)
+    # Every claim, overall and for the one training dataset (no family is stored).
+    assert {f["scope"] for f in found} == {"all", "training_dataset=toy"}
+    claims = {f["claim"] for f in found}
+    assert claims == {
+        "more_diverse",
+        "less_sparse",
+        "more_orthogonal",
+        "deepest_differ_most",
+        "first_differs_most",
+    }
+    # Three models a side, unpaired: no outcome reaches p < 0.05 (2 / C(6, 3) = 0.1), so
+    # no claim can be decided, whatever the values.
+    assert {(f["verdict"], f["reason"]) for f in found} == {
+        ("not testable", "6 models: the smallest possible p is 0.1")
+    }
+    more_diverse = next(f for f in found if f["metric"] == "variance_entropy_scaled")
+    rows = auto_report.statistics.filter(pl.col("metric") == "variance_entropy_scaled")
+    assert more_diverse["bins_tested"] == rows.height
+    assert more_diverse["bins_agreeing"] == (rows["effect_size"] > 0).sum()
+    assert more_diverse["median_difference"] == pytest.approx(rows["median_difference"].median())
+
+
+def test_findings_open_the_page_and_their_table_shows_them(auto_report):
+    page = auto_report.html.read_text(encoding="utf-8")
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings[0] == "Findings" and headings.index("Accuracy") == 1
+    assert page.index("<h2>Figures</h2>") < page.index("<h2>Metrics per depth bin</h2>")
+    assert "SPEC" not in page and "SPEC" not in auto_report.summary_md.read_text()
+    assert "database</b>: duckdb" in page or "database</b>: postgresql" in page
+    parser = _Tables()
+    parser.feed(page)
+    overall = pl.DataFrame([vars(f) for f in auto_report.findings if f.scope == "all"])
+    expected = overall.drop("scope")
+    for page_tables in (parser.tables, _markdown_tables(auto_report.summary_md.read_text())):
+        _assert_table_shows(page_tables["Findings"], expected)
+    accuracy = parser.tables["Accuracy"]
+    assert accuracy[0][-2:] == ["clean_acc", "robust_acc"]
+    assert sorted(r[0] for r in accuracy[1:]) == sorted(TOY_ROBUST + TOY_NORMAL)
+
+
+def test_one_pair_is_not_testable_end_to_end(zoo_url, tmp_path):
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(",Robust,Normal,Arch,Dataset\n0,r1,n1,tiny-cnn,toy\n")
+    result = write_robust_vs_normal_report(url=zoo_url, out_dir=tmp_path / "out", pairs_file=pairs)
+    overall = [f for f in result.findings if f.scope == "all"]
+    assert {f.verdict for f in overall} == {"not testable"}
+    # r1 and n1 share their sparsity in every bin, so that test is undefined; the other
+    # metrics are tested on one pair, whose smallest possible p is 2 / 2^1.
+    tested = {f.reason for f in overall if f.metric != "sparsity"}
+    assert tested == {"1 pair: the smallest possible p is 1"}
+    sparsity = next(f for f in overall if f.claim == "less_sparse")
+    assert sparsity.reason == "no bin could be tested (no test: all paired differences are 0)"
+
+
+def test_compare_writes_findings_and_both_galleries(zoo_url, tmp_path):
+    comparison = compare_models("r1", "n1", url=zoo_url, out_dir=tmp_path)
+    assert [g.png.name for g in comparison.galleries] == ["gallery_r1_0.png", "gallery_n1_0.png"]
+    # First layer of 3 inputs: one colour image per output channel (8 of them).
+    assert {(g.kernels_shown, g.kernels) for g in comparison.galleries} == {(8, 8)}
+    found = json.loads(comparison.findings_json.read_text())
+    assert {f["scope"] for f in found} == {"r1 vs n1"}
+    tested = [f for f in found if f["claim"] == "more_orthogonal"]
+    assert tested[0]["reason"] == "1 pair: the smallest possible p is 1"
+    differences = comparison.bins.filter(pl.col("metric") == "orthogonality")["difference"]
+    assert tested[0]["bins_agreeing"] == (differences > 0).sum()
+    assert (tmp_path / "comparison.svg").exists()
+
+
+def test_cli_gallery_draws_any_layer(zoo_url, tmp_path):
+    result = runner.invoke(
+        app, ["--db", zoo_url, "gallery", "lonely", "--layer", "2", "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "36 of 36 kernels" in result.output and "symmetric" in result.output
+    image = matplotlib.image.imread(tmp_path / "gallery_lonely_2.png")
+    assert image.ndim == 3 and min(image.shape[:2]) > 200
+    refused = runner.invoke(app, ["--db", zoo_url, "gallery", "lonely", "--layer", "nope"])
+    assert refused.exit_code == 1 and refused.output.startswith("error: model lonely has no")
+    assert refused.output.count("\n") == 1

@@ -46,10 +46,12 @@ STATISTICS_SCHEMA = {
     "robust_q1": pl.Float64,
     "robust_median": pl.Float64,
     "robust_q3": pl.Float64,
+    "robust_max": pl.Float64,
     "n_normal": pl.Int64,
     "normal_q1": pl.Float64,
     "normal_median": pl.Float64,
     "normal_q3": pl.Float64,
+    "normal_max": pl.Float64,
     "median_difference": pl.Float64,
     "effect_size_name": pl.String,
     "effect_size": pl.Float64,
@@ -195,7 +197,8 @@ def robust_vs_normal_statistics(profile: pl.DataFrame, pairing: Pairing) -> pl.D
     the metric's tested bins (:func:`holm`), the one stars and counts use. ``min_p`` is
     the smallest p the test could reach at that bin's sample sizes; where it is at least
     0.05 the note says the test cannot show a difference, whatever the values.
-    Columns as :data:`STATISTICS_SCHEMA`, ordered by metric, then depth bin.
+    ``*_max`` is each side's largest value (a sparsity of 0 everywhere means no sparse
+    filter). Columns as :data:`STATISTICS_SCHEMA`, ordered by metric, then depth bin.
     """
     values = role_values(profile, pairing)
     by_key: dict[tuple[str, int], dict[str, float]] = {}
@@ -239,10 +242,12 @@ def robust_vs_normal_statistics(profile: pl.DataFrame, pairing: Pairing) -> pl.D
                     "robust_q1": robust_q[0],
                     "robust_median": robust_q[1],
                     "robust_q3": robust_q[2],
+                    "robust_max": max(robust, default=math.nan),
                     "n_normal": len(normal),
                     "normal_q1": normal_q[0],
                     "normal_median": normal_q[1],
                     "normal_q3": normal_q[2],
+                    "normal_max": max(normal, default=math.nan),
                     "median_difference": robust_q[1] - normal_q[1],
                     "effect_size_name": test.effect_size_name,
                     "effect_size": test.effect_size,

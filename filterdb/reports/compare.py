@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
 
+from filterdb.analysis.comparison import robust_vs_normal_statistics
+from filterdb.analysis.findings import Finding, findings
 from filterdb.analysis.groups import compared_weights_form
+from filterdb.analysis.pairing import Pair, Pairing
 from filterdb.files import output_directory
 from filterdb.metrics import cache
 from filterdb.metrics.registry import METRICS, POOLED_METRICS
 from filterdb.reports import plots
+from filterdb.reports.gallery import Gallery, write_gallery
 from filterdb.warehouse.database import engine_for, read_frame
 from filterdb.warehouse.inventory import require_models
 from filterdb.warehouse.migrate import require_head
@@ -39,6 +44,14 @@ class Comparison:
         The PNG written when ``out_dir`` was given.
     weights_form : str
         The two models' weights form (``mixed (...)`` when compared with ``mixed_forms``).
+    findings : tuple of Finding
+        The paper's claims with model A in the robust role and B in the normal one
+        (scope ``A vs B``): directions and bins for each claim; one pair can never reach
+        significance, so every verdict is ``not testable`` and says so.
+    galleries : tuple of Gallery
+        The first layers of A and B, drawn when ``out_dir`` was given.
+    findings_json : Path or None
+        ``findings.json`` when ``out_dir`` was given.
     """
 
     model_a: str
@@ -48,6 +61,9 @@ class Comparison:
     bins: pl.DataFrame
     plot: Path | None
     weights_form: str = ""
+    findings: tuple[Finding, ...] = ()
+    galleries: tuple[Gallery, ...] = field(default=())
+    findings_json: Path | None = None
 
 
 def compare_models(
@@ -60,8 +76,9 @@ def compare_models(
 ) -> Comparison:
     """Compare two stored models layer by layer and per depth bin.
 
-    Missing metrics are computed first. With ``out_dir``, writes ``comparison.png``
-    (each metric per depth bin, both models). Raises a one-line
+    Missing metrics are computed first. With ``out_dir``, writes ``comparison.png`` and
+    ``.svg`` (each metric per depth bin, both models), ``findings.json`` (the paper's
+    claims, A as robust, B as normal) and both models' first-layer galleries. Raises a one-line
     :class:`~filterdb.errors.FilterdbError` naming a model that is not stored, or when
     the two are stored in different weights forms (raw, bn_folded, as_exported) and
     ``mixed_forms`` is false.
@@ -85,7 +102,12 @@ def compare_models(
     same = architectures[model_a] is not None and len(set(architectures.values())) == 1
     joined_on = "conv_index" if same else "depth_bin"
     bins = _bins_side_by_side(profile, model_a, model_b)
-    plot = None
+    pairing = Pairing((Pair(model_a, model_b, None, None),), (), (), (), "compare")
+    found = tuple(
+        findings(robust_vs_normal_statistics(profile, pairing), scope=f"{model_a} vs {model_b}")
+    )
+    plot = findings_json = None
+    galleries: tuple[Gallery, ...] = ()
     if out_dir is not None:
         output_directory(out_dir)
         plot = plots.comparison_plot(
@@ -96,6 +118,14 @@ def compare_models(
             metrics=POOLED_METRICS,
             weights_form=form,
         )
+        findings_json = out_dir / "findings.json"
+        findings_json.write_text(
+            json.dumps([f.to_json() for f in found], indent=2) + "\n", encoding="utf-8"
+        )
+        galleries = tuple(
+            write_gallery(name, url=url, out_dir=out_dir, title=f"{role}: {name}, first layer")
+            for name, role in ((model_a, "A"), (model_b, "B"))
+        )
     return Comparison(
         model_a=model_a,
         model_b=model_b,
@@ -104,6 +134,9 @@ def compare_models(
         bins=bins,
         plot=plot,
         weights_form=form,
+        findings=found,
+        galleries=galleries,
+        findings_json=findings_json,
     )
 
 

@@ -41,17 +41,31 @@ def markdown_table(frame: pl.DataFrame, *, full_precision: bool = False) -> str:
     return "\n".join(lines) + "\n"
 
 
+# Tables never make the page wider than the window: each sits in a wrapper that scrolls
+# on its own, and wide tables (many columns) share the width out and wrap their cells.
 STYLE = """
-body { font-family: sans-serif; margin: 2em; max-width: 1200px; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: right; }
+body { font-family: sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1200px; }
+.table-wrap { max-width: 100%; overflow-x: auto; margin: 1em 0; }
+table { border-collapse: collapse; font-size: 0.85em; max-width: 100%; }
+table.wide { table-layout: fixed; width: 100%; font-size: 0.7em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.4em; text-align: right;
+  overflow-wrap: anywhere; }
 th { background: #f0f0f0; }
 td.text { text-align: left; }
-img { max-width: 100%; }
+img { max-width: 100%; height: auto; }
+figure { margin: 1em 0; max-width: 100%; }
+.row { display: flex; gap: 1em; flex-wrap: wrap; }
+.row figure { flex: 1 1 45%; margin: 0; }
+details { margin: 1em 0; }
+summary { cursor: pointer; font-weight: bold; }
 """
+# Above this many columns a table is laid out to the page width (table-layout: fixed).
+WIDE_TABLE_COLUMNS = 8
 
 
 def html_table(frame: pl.DataFrame) -> str:
+    """``frame`` as an HTML table of :func:`readable` cells, in a wrapper that keeps it
+    within the page (text columns left-aligned)."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in frame.columns)
     text_columns = {c for c in frame.columns if frame.schema[c] == pl.String}
     body = []
@@ -63,9 +77,16 @@ def html_table(frame: pl.DataFrame) -> str:
             for c, v in row.items()
         )
         body.append(f"<tr>{cells}</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    wide = ' class="wide"' if frame.width > WIDE_TABLE_COLUMNS else ""
+    return f'<div class="table-wrap"><table{wide}><tr>{head}</tr>{"".join(body)}</table></div>'
+
+
+def collapsible(label: str, frame: pl.DataFrame) -> str:
+    """``frame`` as an HTML table inside ``<details>``, closed, under ``label``."""
+    return f"<details><summary>{html.escape(label)}</summary>{html_table(frame)}</details>"
 
 
 def embedded_png(path: Path) -> str:
+    """An ``<img>`` carrying the PNG at ``path`` as a data URL (the page stands alone)."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'

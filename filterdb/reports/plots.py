@@ -7,11 +7,12 @@ A PNG written by Agg carries no timestamp, so the same data gives the same bytes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import polars as pl
-from matplotlib import cbook
+from matplotlib import cbook, colormaps, rc_context
 from matplotlib.collections import LineCollection, PatchCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
@@ -33,13 +34,21 @@ SIGNIFICANCE_MARKS = ((0.001, "***"), (0.01, "**"), (0.05, "*"))
 
 
 def robust_vs_normal_boxplots(
-    values: pl.DataFrame, statistics: pl.DataFrame, path: Path, *, metrics: tuple[str, ...]
+    values: pl.DataFrame,
+    statistics: pl.DataFrame,
+    path: Path,
+    *,
+    metrics: tuple[str, ...],
+    title: str = "robust vs normal models",
 ) -> Path:
     """One row of panels per metric: robust and normal boxes side by side per depth bin.
 
     ``values`` is long: metric, depth_bin_index, depth_bin, role (``robust``/``normal``),
     value, one row per model and bin. ``statistics`` supplies each bin's p_holm (Holm
-    over the metric's bins), shown as stars above the bin. Writes ``path`` and returns it.
+    over the metric's bins), shown as stars above the bin. Every model is a dot beside
+    its box and each bin's tick label gives n per box (robust | normal). ``title`` names
+    the compared groups and the dataset. Writes ``path`` (PNG) and its SVG twin, and
+    returns ``path``.
     """
     bins = values.select("depth_bin_index", "depth_bin").unique().sort("depth_bin_index")
     positions = {index: x for x, index in enumerate(bins["depth_bin_index"])}
@@ -47,6 +56,7 @@ def robust_vs_normal_boxplots(
     axes = figure.subplots(len(metrics), 1, squeeze=False)[:, 0]
     for ax, metric in zip(axes, metrics, strict=True):
         rows = values.filter(pl.col("metric") == metric)
+        counts: dict[int, dict[str, int]] = {}
         for role, colour, shift in SIDES:
             groups = rows.filter(pl.col("role") == role).group_by("depth_bin_index").agg("value")
             groups = groups.sort("depth_bin_index")
@@ -56,14 +66,31 @@ def robust_vs_normal_boxplots(
             shifted = [positions[i] + shift for i in groups["depth_bin_index"]]
             _boxes(ax, samples, shifted, colour=colour)
             # Every model as a dot too: with a few models per side the boxes collapse to
-            # lines, and the dots still show which side is which.
-            for x, sample in zip(shifted, samples, strict=True):
-                ax.plot([x] * len(sample), sample, "o", color=colour, markersize=3, alpha=0.8)
+            # lines, and the dots still show which side is which. One artist per side.
+            xs = np.concatenate([np.full(len(v), x) for x, v in zip(shifted, samples, strict=True)])
+            # Rasterised in the SVG: thousands of vector dots made it 1.8 MB and slow.
+            ax.plot(
+                xs,
+                np.concatenate(samples),
+                "o",
+                color=colour,
+                markersize=3,
+                alpha=0.8,
+                rasterized=True,
+            )
+            for index, sample in zip(groups["depth_bin_index"], samples, strict=True):
+                counts.setdefault(index, {})[role] = len(sample)
         ax.margins(y=0.15)  # headroom for the significance stars at the top
         ax.autoscale_view()
         _mark_significance(ax, statistics.filter(pl.col("metric") == metric), positions)
         ax.set_ylabel(metric, fontsize=8)
-        ax.set_xticks(range(len(positions)), bins["depth_bin"].to_list(), fontsize=8)
+        # n per box in the tick label (robust | normal): one text per bin, not per box.
+        labels = [
+            f"{label}\nn {counts.get(i, {}).get('robust', 0)} | "
+            f"{counts.get(i, {}).get('normal', 0)}"
+            for i, label in bins.select("depth_bin_index", "depth_bin").iter_rows()
+        ]
+        ax.set_xticks(range(len(positions)), labels, fontsize=7)
         ax.set_xlim(-0.7, len(positions) - 0.3)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(
@@ -76,12 +103,17 @@ def robust_vs_normal_boxplots(
         ncols=2,
         fontsize=8,
     )
-    axes[-1].set_xlabel("depth bin (first layer, then deciles of conv depth)")
-    _margins(figure, left=0.9, right=0.15, top=0.45, bottom=0.65, hspace=0.45)
-    return _save(figure, path)
+    axes[-1].set_xlabel(
+        "depth bin (first layer, then deciles of conv depth); n models robust | normal"
+    )
+    figure.suptitle(title, fontsize=10, y=1 - 0.08 / figure.get_size_inches()[1])
+    _margins(figure, left=0.9, right=0.15, top=0.75, bottom=0.75, hspace=0.6)
+    return _save(figure, path, svg=True)
 
 
-def drift_by_depth_plot(drift: pl.DataFrame, path: Path, *, weights_form: str = "") -> Path:
+def drift_by_depth_plot(
+    drift: pl.DataFrame, path: Path, *, weights_form: str = "", title: str = "robust vs normal"
+) -> Path:
     """Robust-vs-normal drift per depth bin as a line beside its noise band.
 
     ``drift`` has depth_bin_index, depth_bin, drift (NaN where skipped), null_median,
@@ -120,11 +152,11 @@ def drift_by_depth_plot(drift: pl.DataFrame, path: Path, *, weights_form: str = 
     ax.set_xlabel("depth bin")
     ax.set_ylabel("drift: weighted symmetric KL")
     form = f", weights {weights_form}" if weights_form else ""
-    ax.set_title(f"robust vs normal filters per depth bin (one PCA basis{form})", fontsize=10)
+    ax.set_title(f"{title}: drift per depth bin (one PCA basis{form})", fontsize=10)
     ax.legend(fontsize=7, loc="best")
-    ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3, which="both")
     _margins(figure, left=0.8, right=0.15, top=0.4, bottom=0.6)
-    return _save(figure, path)
+    return _save(figure, path, svg=True)
 
 
 def comparison_plot(
@@ -159,8 +191,9 @@ def comparison_plot(
     for ax in axes[len(metrics) :]:
         ax.set_visible(False)
     axes[0].legend(fontsize=8, title=f"weights {weights_form}" if weights_form else None)
-    _margins(figure, left=0.7, right=0.15, top=0.35, bottom=0.6, hspace=0.6, wspace=0.2)
-    return _save(figure, path)
+    figure.suptitle(f"{model_a} vs {model_b} per depth bin", fontsize=10)
+    _margins(figure, left=0.7, right=0.15, top=0.6, bottom=0.6, hspace=0.6, wspace=0.2)
+    return _save(figure, path, svg=True)
 
 
 def plot_eigen_filters(pca: PCAResult, path: Path, *, title: str) -> Path:
@@ -242,6 +275,91 @@ def plot_drift_heatmap(result: DriftMatrix, path: Path, *, title: str) -> Path:
     return _save(figure, path)
 
 
+# Kernels drawn at most per gallery: 64 colour images, or 256 single-channel ones.
+MAX_COLOUR_KERNELS = 64
+MAX_GREY_KERNELS = 256
+
+
+@dataclass(frozen=True)
+class DrawnGallery:
+    """A gallery figure: its files, how many kernels it shows of how many, the scale."""
+
+    png: Path
+    svg: Path
+    shown: int
+    total: int
+    normalisation: str
+
+
+def filter_gallery(weight: np.ndarray, path: Path, *, title: str) -> DrawnGallery:
+    """A layer's kernels as an image grid; PNG at ``path`` and an SVG beside it.
+
+    ``weight`` is (out, in, 3, 3). With in = 3 each output channel is one RGB image, its
+    three kernels as the red, green and blue planes, scaled by the channel's own max |w|
+    (0 is mid-grey, so 0.5 + 0.5 w / max|w|). Otherwise every kernel is one image on a
+    diverging scale (red positive, blue negative) symmetric about 0 over the layer's max
+    |w|. The first :data:`MAX_COLOUR_KERNELS` or :data:`MAX_GREY_KERNELS` are drawn, as
+    one mosaic with white gaps: one image on one axes, where an axes per kernel cost
+    0.5 s a gallery (measured here).
+    """
+    out_channels, in_channels = weight.shape[:2]
+    weight = np.asarray(weight, dtype=np.float64)
+    colour = in_channels == 3
+    if colour:
+        images = weight[:MAX_COLOUR_KERNELS].transpose(0, 2, 3, 1)  # (n, 3, 3, rgb)
+        peak = np.abs(images).reshape(len(images), -1).max(axis=1)
+        images = 0.5 + 0.5 * images / np.where(peak > 0, peak, 1.0)[:, None, None, None]
+        normalisation = "RGB per output channel: 0.5 + 0.5 w / max|w| of the channel (grey = 0)"
+        total = out_channels
+    else:
+        images = weight.reshape(-1, 3, 3)
+        total = len(images)
+        images = images[:MAX_GREY_KERNELS, :, :, None]
+        limit = float(np.abs(weight).max()) or 1.0
+        normalisation = f"one kernel per image, red +, blue -, symmetric over max|w| {limit:.3g}"
+    n = len(images)
+    columns = min(16, max(1, int(np.ceil(np.sqrt(n)))))
+    rows = -(-n // columns)
+    # Each kernel a 3x3 tile, one pixel of gap between tiles; gaps are NaN (white).
+    mosaic = np.full((rows * 4 - 1, columns * 4 - 1, images.shape[-1]), np.nan)
+    for k in range(n):
+        r, c = divmod(k, columns)
+        mosaic[4 * r : 4 * r + 3, 4 * c : 4 * c + 3] = images[k]
+    figure = Figure(figsize=(max(4.5, 0.5 * columns + 0.6), 0.5 * rows + 1.3), dpi=DPI)
+    axis = figure.subplots()
+    axis.set_axis_off()
+    if colour:
+        axis.imshow(np.where(np.isnan(mosaic), 1.0, mosaic), interpolation="nearest")
+    else:
+        cmap = colormaps["RdBu_r"].with_extremes(bad="white")
+        axis.imshow(mosaic[..., 0], cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+    shown = f"{n} of {total}" if n < total else f"{n}"
+    scale = normalisation.replace(": ", ":\n", 1) if colour else normalisation
+    figure.suptitle(f"{title}\n{shown} kernels; {scale}", fontsize=7)
+    _margins(figure, left=0.3, right=0.3, top=0.75, bottom=0.2)
+    _save(figure, path, svg=True)
+    return DrawnGallery(path, path.with_suffix(".svg"), n, total, normalisation)
+
+
+def eigen_filter_pair(pcas: dict[str, PCAResult], path: Path) -> Path:
+    """The nine eigen-filters of each group (rows: robust, normal) on one symmetric scale,
+    each titled with its explained variance ratio; PNG and SVG."""
+    limit = max(float(np.abs(p.components).max()) for p in pcas.values())
+    figure = Figure(figsize=(10.0, 2.9), dpi=DPI)
+    axes = figure.subplots(len(pcas), N_WEIGHTS, squeeze=False)
+    for row, (side, pca) in zip(axes, pcas.items(), strict=True):
+        for k, axis in enumerate(row):
+            image = axis.imshow(pca.images[k], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            axis.set_title(f"r{k + 1} = {pca.ratio[k]:.2f}", fontsize=7)
+            axis.set_xticks([])
+            axis.set_yticks([])
+        row[0].set_ylabel(f"{side}\n{pca.n_filters:,} filters", fontsize=8)
+    figure.suptitle("first-layer eigen-filters: robust vs normal group", fontsize=10)
+    _margins(figure, left=0.8, right=1.2, top=0.45, bottom=0.1, hspace=0.4, wspace=0.1)
+    figure.colorbar(image, cax=figure.add_axes((0.905, 0.1, 0.012, 0.7)), label="weight")
+    return _save(figure, path, svg=True)
+
+
 def _boxes(ax, samples: list[np.ndarray], positions: list[float], *, colour: str) -> None:
     """Box plots drawn as three collections, with the statistics of ``Axes.boxplot``.
 
@@ -303,6 +421,12 @@ def _margins(
     )
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path, *, svg: bool = False) -> Path:
+    """Write ``path`` (PNG); with ``svg`` the same figure as ``path.with_suffix('.svg')``
+    too, for papers. The SVG carries no date (``metadata``), so it is reproducible."""
     figure.savefig(path, format="png")
+    if svg:
+        # A fixed salt: the SVG's element ids are otherwise random on every save.
+        with rc_context({"svg.hashsalt": "filterdb"}):
+            figure.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
     return path

@@ -7,9 +7,11 @@ CSV and Markdown tables, PNG plots and one self-contained HTML file.
 
 from __future__ import annotations
 
+import datetime
 import html
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import polars as pl
@@ -25,7 +27,8 @@ from filterdb.analysis.comparison import (
     role_values,
     summarise,
 )
-from filterdb.analysis.groups import compared_weights_form
+from filterdb.analysis.findings import RULES, Finding, findings, findings_frame, scoped_pairings
+from filterdb.analysis.groups import compared_weights_form, stored_layers
 from filterdb.analysis.pairing import Pairing, find_pairs
 from filterdb.errors import PairingError
 from filterdb.files import output_directory
@@ -34,8 +37,20 @@ from filterdb.metrics.cache import ComputeProgress
 from filterdb.metrics.drift import NOISE_LEVEL, NULL_MAX_FILTERS, NULL_PERMUTATIONS
 from filterdb.metrics.registry import POOLED_METRICS
 from filterdb.reports import plots
-from filterdb.reports.document import STYLE, embedded_png, html_table, markdown_table
+from filterdb.reports.document import (
+    STYLE,
+    collapsible,
+    embedded_png,
+    html_table,
+    markdown_table,
+)
+from filterdb.reports.gallery import Gallery, write_eigen_filter_pair, write_gallery
+from filterdb.warehouse.database import display_url
 from filterdb.warehouse.inventory import models as stored_models
+
+# Pairs whose first layers the report draws; `filterdb gallery MODEL` draws any model.
+MAX_GALLERY_PAIRS = 6
+ACCURACY_COLUMNS = ("model_name", "role", "architecture", "family", "training_dataset")
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,12 @@ class ReportResult:
     weights_form : str
         The weights form of the compared models (``raw``, ``bn_folded``, ``as_exported``,
         or ``mixed (...)`` with ``mixed_forms``).
+    findings : tuple of Finding
+        Every claim's verdict, overall (scope ``all``), per training dataset and family.
+    findings_json : Path or None
+        The findings as a JSON list.
+    galleries : tuple of Gallery
+        First-layer galleries of the drawn pairs, robust then normal twin.
     """
 
     html: Path
@@ -75,6 +96,9 @@ class ReportResult:
     drift: pl.DataFrame
     summary: pl.DataFrame
     weights_form: str = ""
+    findings: tuple[Finding, ...] = ()
+    findings_json: Path | None = None
+    galleries: tuple[Gallery, ...] = field(default=())
 
 
 def write_robust_vs_normal_report(
@@ -124,6 +148,11 @@ def write_robust_vs_normal_report(
     profile = cache.depth_profile(url=url, models=models)
     statistics = robust_vs_normal_statistics(profile, pairing)
     drift = drift_by_depth(pairing, url=url)
+    family_of = dict(forms.select("model_name", "family").iter_rows())
+    found = []
+    for scope, scoped in scoped_pairings(pairing, family_of):
+        of_scope = statistics if scope == "all" else robust_vs_normal_statistics(profile, scoped)
+        found += findings(of_scope, scope=scope)
 
     output_directory(out_dir)
     paths = {
@@ -133,6 +162,7 @@ def write_robust_vs_normal_report(
             "summary.md",
             "pairs.csv",
             "drift_by_depth.csv",
+            "findings.json",
             "boxplots.png",
             "drift_by_depth.png",
             "report.html",
@@ -141,21 +171,47 @@ def write_robust_vs_normal_report(
     statistics.write_csv(paths["summary.csv"])
     pairing.frame().write_csv(paths["pairs.csv"])
     drift.write_csv(paths["drift_by_depth.csv"])
+    paths["findings.json"].write_text(
+        json.dumps([f.to_json() for f in found], indent=2) + "\n", encoding="utf-8"
+    )
+    header = _Header.of(pairing, forms, form, url)
     figures = (
         plots.robust_vs_normal_boxplots(
             role_values(profile, pairing),
             statistics,
             paths["boxplots.png"],
             metrics=POOLED_METRICS,
+            title=header.groups,
         ),
-        plots.drift_by_depth_plot(drift, paths["drift_by_depth.png"], weights_form=form),
+        plots.drift_by_depth_plot(
+            drift, paths["drift_by_depth.png"], weights_form=form, title=header.groups
+        ),
     )
-    summary = summarise(statistics)
-    paths["summary.md"].write_text(
-        _markdown_report(pairing, statistics, drift, figures, form), encoding="utf-8"
+    layers = stored_layers(url=url)
+    galleries = _galleries(pairing, url=url, out_dir=out_dir, layers=layers)
+    eigen = write_eigen_filter_pair(
+        list(pairing.robust_models),
+        list(pairing.normal_models),
+        url=url,
+        out_dir=out_dir,
+        layers=layers,
     )
-    paths["report.html"].write_text(
-        _html_report(pairing, statistics, summary, drift, figures, form), encoding="utf-8"
+    document = _Document(
+        header=header,
+        pairing=pairing,
+        statistics=statistics,
+        summary=summarise(statistics),
+        drift=drift,
+        findings=findings_frame(found),
+        accuracy=_accuracy(pairing, forms),
+        figures=figures,
+        galleries=tuple(galleries),
+        eigen=eigen,
+    )
+    paths["summary.md"].write_text(document.markdown(), encoding="utf-8")
+    paths["report.html"].write_text(document.html(), encoding="utf-8")
+    images = tuple(
+        dict.fromkeys((*figures, *(g.png for g in galleries), *([eigen] if eigen else [])))
     )
     return ReportResult(
         html=paths["report.html"],
@@ -163,12 +219,47 @@ def write_robust_vs_normal_report(
         summary_md=paths["summary.md"],
         pairs_csv=paths["pairs.csv"],
         drift_csv=paths["drift_by_depth.csv"],
-        plots=figures,
+        plots=images,
         pairing=pairing,
         statistics=statistics,
         drift=drift,
-        summary=summary,
+        summary=document.summary,
         weights_form=form,
+        findings=tuple(found),
+        findings_json=paths["findings.json"],
+        galleries=tuple(galleries),
+    )
+
+
+def _galleries(
+    pairing: Pairing, *, url: str | None, out_dir: Path, layers: pl.DataFrame
+) -> list[Gallery]:
+    """The first layer of each of the first robust models and of its first normal twin."""
+    twins = {}
+    for pair in pairing.pairs:
+        twins.setdefault(pair.robust, pair.normal)
+    drawn: dict[str, Gallery] = {}
+    out = []
+    for robust in list(twins)[:MAX_GALLERY_PAIRS]:
+        for model, role in ((robust, "robust"), (twins[robust], "normal")):
+            if model not in drawn:
+                title = f"{role}: {model}, first layer"
+                drawn[model] = write_gallery(
+                    model, url=url, out_dir=out_dir, title=title, layers=layers
+                )
+            out.append(drawn[model])
+    return out
+
+
+def _accuracy(pairing: Pairing, models: pl.DataFrame) -> pl.DataFrame:
+    role = dict.fromkeys(pairing.robust_models, "robust") | dict.fromkeys(
+        pairing.normal_models, "normal"
+    )
+    return (
+        models.filter(pl.col("model_name").is_in(list(role)))
+        .with_columns(pl.col("model_name").replace_strict(role).alias("role"))
+        .select(*ACCURACY_COLUMNS, "clean_acc", "robust_acc")
+        .sort("role", "model_name", descending=[True, False])
     )
 
 
@@ -205,7 +296,9 @@ _TEST_NOTES = (
 _DRIFT_NOTES = (
     "Drift: weighted symmetric KL divergence between the pooled scaled non-sparse filters "
     "of the robust and of the normal models in each depth bin, on one PCA basis and one "
-    "coefficient range fitted on every filter of the paired models (SPEC section 5). "
+    "coefficient range fitted on every filter of the paired models; filters whose largest "
+    "|weight| is under 1% of the layer's largest are sparse and left out, the others are "
+    "divided by their own largest |weight| first. "
     "Drift grows as groups shrink, so each value stands beside its noise reference: "
     f"{NULL_PERMUTATIONS} seeded label permutations of the bin's two groups (same basis, "
     "range and bins; a pair above "
@@ -248,52 +341,198 @@ def _pairing_lines(pairing: Pairing, form: str) -> list[tuple[str, str]]:
     ]
 
 
-def _markdown_report(
-    pairing: Pairing,
-    statistics: pl.DataFrame,
-    drift: pl.DataFrame,
-    figures: tuple[Path, ...],
-    form: str,
-) -> str:
-    boxplots, drift_plot = figures
-    parts = [f"# Robust vs normal filters by depth (weights: {form})\n"]
-    parts += [f"- {name}: {value}" for name, value in _pairing_lines(pairing, form)]
-    parts += ["\n## Pairs\n", markdown_table(pairing.frame())]
-    parts += ["## Metrics per depth bin\n", _TEST_NOTES + "\n"]
-    parts += [f"![box plots]({boxplots.name})\n", markdown_table(statistics)]
-    parts += ["## Drift by depth\n", _DRIFT_NOTES + "\n"]
-    parts += [f"![drift by depth]({drift_plot.name})\n", markdown_table(drift)]
-    return "\n".join(parts)
+MAX_LISTED_MODELS = 12
 
 
-def _html_report(
-    pairing: Pairing,
-    statistics: pl.DataFrame,
-    summary: pl.DataFrame,
-    drift: pl.DataFrame,
-    figures: tuple[Path, ...],
-    form: str,
-) -> str:
-    boxplots, drift_plot = figures
-    facts = pl.DataFrame(_pairing_lines(pairing, form), schema=["", "value"], orient="row")
-    sections = [
-        f"<h1>Robust vs normal filters by depth (weights: {html.escape(form)})</h1>",
-        html_table(facts),
-        "<h2>Summary</h2>",
-        f"<p>{html.escape(_TEST_NOTES)}</p>",
-        html_table(summary),
-        embedded_png(boxplots),
-        "<h2>Drift by depth</h2>",
-        f"<p>{html.escape(_DRIFT_NOTES)}</p>",
-        embedded_png(drift_plot),
-        html_table(drift),
-        "<h2>Metrics per depth bin</h2>",
-        html_table(statistics),
-        "<h2>Pairs</h2>",
-        html_table(pairing.frame()),
-    ]
-    head = (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>Robust vs normal filters</title><style>{STYLE}</style></head>"
-    )
-    return "\n".join([head, "<body>", *sections, "</body></html>"]) + "\n"
+def _listed(names: tuple[str, ...]) -> str:
+    shown = ", ".join(names[:MAX_LISTED_MODELS])
+    more = len(names) - MAX_LISTED_MODELS
+    return f"{shown} and {more} more" if more > 0 else shown or "none"
+
+
+@dataclass(frozen=True)
+class _Header:
+    """What the document's title and header say was compared."""
+
+    title: str
+    groups: str
+    lines: tuple[tuple[str, str], ...]
+
+    @classmethod
+    def of(cls, pairing: Pairing, models: pl.DataFrame, form: str, url: str | None) -> _Header:
+        paired = models.filter(
+            pl.col("model_name").is_in([*pairing.robust_models, *pairing.normal_models])
+        )
+        datasets = ", ".join(sorted(paired["training_dataset"].drop_nulls().unique())) or "unknown"
+        families = ", ".join(sorted(paired["family"].drop_nulls().unique())) or "unknown"
+        groups = (
+            f"{len(pairing.robust_models)} robust vs {len(pairing.normal_models)} normal "
+            f"models ({datasets})"
+        )
+        lines = (
+            ("database", display_url(url)),
+            ("date", datetime.datetime.now(datetime.UTC).date().isoformat()),
+            ("training datasets", datasets),
+            ("architecture families", families),
+            ("robust models compared", _listed(pairing.robust_models)),
+            ("normal models compared", _listed(pairing.normal_models)),
+            *_pairing_lines(pairing, form),
+        )
+        return cls(f"Robust vs normal filters: {groups} (weights: {form})", groups, lines)
+
+
+# The header's first lines (database to weights form) open the document; the rest of
+# what was compared follows the findings.
+HEADER_LINES = 7
+FINDING_COLUMNS = (
+    "claim",
+    "metric",
+    "verdict",
+    "direction",
+    "bins_agreeing",
+    "bins_tested",
+    "median_difference",
+    "effect_size",
+    "p_adjusted",
+    "reason",
+)
+
+
+@dataclass(frozen=True)
+class _Document:
+    """The report's content, written once as Markdown and once as HTML, in one order."""
+
+    header: _Header
+    pairing: Pairing
+    statistics: pl.DataFrame
+    summary: pl.DataFrame
+    drift: pl.DataFrame
+    findings: pl.DataFrame
+    accuracy: pl.DataFrame
+    figures: tuple[Path, ...]
+    galleries: tuple[Gallery, ...]
+    eigen: Path | None
+
+    @property
+    def overall(self) -> pl.DataFrame:
+        return self.findings.filter(pl.col("scope") == "all").select(FINDING_COLUMNS)
+
+    @property
+    def scoped(self) -> pl.DataFrame:
+        return self.findings.filter(pl.col("scope") != "all").select("scope", *FINDING_COLUMNS)
+
+    def sentences(self) -> list[str]:
+        frame = self.findings.filter(pl.col("scope") == "all")
+        return [Finding(**row).sentence() for row in frame.iter_rows(named=True)]
+
+    def sections(self) -> list[tuple[str, list[tuple[str, object]]]]:
+        """(heading, parts); a part is ("p", text), ("list", lines), ("table", frame),
+        ("details", (label, frame)), ("figure", path) or ("row", paths)."""
+        boxplots, drift_plot = self.figures
+        gallery_rows = [
+            ("row", (a.png, b.png))
+            for a, b in zip(self.galleries[::2], self.galleries[1::2], strict=True)
+        ]
+        normalisations = sorted({g.normalisation for g in self.galleries})
+        return [
+            (
+                "Findings",
+                [
+                    ("list", self.sentences()),
+                    ("table", self.overall),
+                    ("p", "How each verdict is reached: " + RULES),
+                ],
+            ),
+            ("Accuracy", [("table", self.accuracy)]),
+            ("About the comparison", [("facts", self.header.lines[HEADER_LINES:])]),
+            (
+                "Figures",
+                [
+                    ("p", _TEST_NOTES),
+                    ("figure", boxplots),
+                    ("p", _DRIFT_NOTES),
+                    ("figure", drift_plot),
+                ],
+            ),
+            (
+                "First-layer filters: robust beside normal",
+                [
+                    (
+                        "p",
+                        "Each row: a robust model's first layer (left) and its normal twin "
+                        f"(right), the first {MAX_GALLERY_PAIRS} pairs at most. Scale: "
+                        + ("; ".join(normalisations) or "none drawn")
+                        + ". `filterdb gallery MODEL` draws any stored model.",
+                    ),
+                    *gallery_rows,
+                    *([("figure", self.eigen)] if self.eigen else []),
+                ],
+            ),
+            (
+                "Findings per training dataset and family",
+                [("details", ("every claim per scope", self.scoped))],
+            ),
+            ("Summary", [("details", ("per metric: first and deepest bin", self.summary))]),
+            ("Drift by depth", [("details", ("the drift series", self.drift))]),
+            (
+                "Metrics per depth bin",
+                [("details", ("every metric and depth bin", self.statistics))],
+            ),
+            ("Pairs", [("details", ("the pairs", self.pairing.frame()))]),
+        ]
+
+    def markdown(self) -> str:
+        parts = [f"# {self.header.title}\n"]
+        parts += [f"- {name}: {value}" for name, value in self.header.lines[:HEADER_LINES]]
+        for heading, items in self.sections():
+            parts.append(f"\n## {heading}\n")
+            for kind, item in items:
+                if kind == "p":
+                    parts.append(f"{item}\n")
+                elif kind == "list":
+                    parts += [f"- {line}" for line in item] + [""]
+                elif kind == "facts":
+                    parts += [f"- {name}: {value}" for name, value in item] + [""]
+                elif kind == "table":
+                    parts.append(markdown_table(item))
+                elif kind == "details":
+                    label, frame = item
+                    parts += [f"<details><summary>{label}</summary>\n", markdown_table(frame)]
+                    parts.append("</details>\n")
+                elif kind == "figure":
+                    parts.append(f"![{item.stem}]({item.name})\n")
+                elif kind == "row":
+                    parts.append(" ".join(f"![{p.stem}]({p.name})" for p in item) + "\n")
+        return "\n".join(parts)
+
+    def html(self) -> str:
+        header = " · ".join(
+            f"<b>{html.escape(name)}</b>: {html.escape(value)}"
+            for name, value in self.header.lines[:HEADER_LINES]
+        )
+        body = [f"<h1>{html.escape(self.header.title)}</h1>", f'<p class="header">{header}</p>']
+        for heading, items in self.sections():
+            body.append(f"<h2>{html.escape(heading)}</h2>")
+            for kind, item in items:
+                if kind == "p":
+                    body.append(f"<p>{html.escape(item)}</p>")
+                elif kind == "list":
+                    body.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in item))
+                    body.append("</ul>")
+                elif kind == "table":
+                    body.append(html_table(item))
+                elif kind == "facts":
+                    facts = pl.DataFrame(list(item), schema=["about", "value"], orient="row")
+                    body.append(html_table(facts))
+                elif kind == "details":
+                    body.append(collapsible(*item))
+                elif kind == "figure":
+                    body.append(f"<figure>{embedded_png(item)}</figure>")
+                elif kind == "row":
+                    images = "".join(f"<figure>{embedded_png(p)}</figure>" for p in item)
+                    body.append(f'<div class="row">{images}</div>')
+        head = (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.header.title)}</title><style>{STYLE}</style></head>"
+        )
+        return "\n".join([head, "<body>", *body, "</body></html>"]) + "\n"

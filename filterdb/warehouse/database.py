@@ -35,6 +35,11 @@ def resolve_url(url: str | None = None) -> str:
     return url or os.environ.get(URL_ENVIRONMENT_VARIABLE) or DEFAULT_URL
 
 
+def display_url(url: str | None = None) -> str:
+    """The resolved database URL for documents, any password masked."""
+    return _parse_url(resolve_url(url)).render_as_string(hide_password=True)
+
+
 def backend_name(engine_or_url: Engine | Connection | str) -> str:
     """``"duckdb"`` or ``"postgresql"`` for an engine, a connection or a URL."""
     if isinstance(engine_or_url, Engine | Connection):
