@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import polars as pl
 
     from filterdb.analysis.pca_drift import GroupPCA
+    from filterdb.demo.run import DemoResult
     from filterdb.errors import FilterdbError
     from filterdb.ingest.manifest import ManifestRun
     from filterdb.ingest.pipeline import IngestResult, ProgressCallback
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from filterdb.metrics.drift import DriftMatrix
     from filterdb.reports.compare import Comparison
     from filterdb.reports.export import ExportResult
+    from filterdb.reports.gallery import Gallery
     from filterdb.reports.robust_vs_normal import ReportResult
     from filterdb.warehouse.records import TrainingInfo
 
@@ -359,6 +361,23 @@ class FilterDB:
         return compare_models(
             model_a, model_b, url=self.url, out_dir=out_dir, mixed_forms=mixed_forms
         )
+
+    def gallery(
+        self, model: str, *, layer: str | None = None, out_dir: Path = Path("gallery")
+    ) -> Gallery:
+        """Draw a stored layer's filters (default: the first conv) as PNG and SVG images."""
+        from filterdb.reports.gallery import write_gallery
+
+        return write_gallery(model, url=self.url, layer=layer, out_dir=Path(out_dir))
+
+    def demo(self, *, out_dir: Path = Path("filterdb-demo"), quick: bool = False) -> DemoResult:
+        """Train the digits pair, ingest, measure and report it (the README's first command)."""
+        from filterdb.demo import QUICK_EPOCHS
+        from filterdb.demo.run import run_demo
+
+        if quick:
+            return run_demo(url=self.url, out_dir=Path(out_dir), epochs=QUICK_EPOCHS)
+        return run_demo(url=self.url, out_dir=Path(out_dir))
 
     def export_hdf5(
         self, out: Path, *, models: list[str] | None = None, overwrite: bool = False

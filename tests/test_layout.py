@@ -87,3 +87,68 @@ def test_the_wheel_installs_only_the_filterdb_package(tmp_path):
         assert needed in names
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "filterdb = filterdb.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+
+
+# Each CLI command and the FilterDB method a notebook calls instead (issue 8: a notebook
+# never needs a private module). A new command fails here until it has one.
+API_OF_COMMAND = {
+    "init": "upgrade",
+    "db upgrade": "upgrade",
+    "db downgrade": "downgrade",
+    "db current": "current_revision",
+    "db history": None,  # the schema's history is the package's, not a database's
+    "models": "models",
+    "layers": "layer_metrics",
+    "check": "check",
+    "metrics": "compute_metrics",
+    "depth-profile": "depth_profile",
+    "query": "query",
+    "ingest checkpoint": "ingest_checkpoint",
+    "ingest onnx": "ingest_onnx",
+    "ingest robustbench": "ingest_robustbench",
+    "ingest timm": "ingest_timm",
+    "ingest hf": "ingest_hf",
+    "ingest torchvision": "ingest_torchvision",
+    "ingest manifest": "ingest_manifest",
+    "leaderboard sync": "sync_leaderboard",
+    "leaderboard status": "leaderboard_status",
+    "pca": "pca",
+    "drift": "drift",
+    "compare": "compare",
+    "gallery": "gallery",
+    "report robust-vs-normal": "report_robust_vs_normal",
+    "export": "export_hdf5",
+    "demo": "demo",
+}
+
+
+def cli_commands() -> set[str]:
+    import typer.main
+
+    from filterdb.cli.main import app
+
+    found = set()
+
+    def walk(command, prefix: list[str]) -> None:
+        children = getattr(command, "commands", None)
+        if children:
+            for name, child in children.items():
+                walk(child, [*prefix, name])
+        else:
+            found.add(" ".join(prefix))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_cli_command_has_a_python_method():
+    import filterdb
+
+    assert cli_commands() == set(API_OF_COMMAND)
+    missing = [
+        method
+        for method in API_OF_COMMAND.values()
+        if method is not None and not callable(getattr(filterdb.FilterDB, method, None))
+    ]
+    assert missing == []
+    assert callable(getattr(filterdb.FilterDB, "export_parquet", None))
