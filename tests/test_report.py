@@ -676,6 +676,10 @@ def test_cli_compare_writes_csv(zoo_url, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(PROFILE_METRICS) * 3
     assert {"metric", "depth_bin", "value_a", "value_b", "difference"} <= set(rows[0])
+    written = runner.invoke(app, ["--db", zoo_url, "compare", "r1", "n1", "--out", str(tmp_path)])
+    assert written.exit_code == 0, written.output
+    assert f"report: {tmp_path / 'report.html'}" in written.output
+    assert (tmp_path / "report.md").read_text(encoding="utf-8").startswith("# r1 vs n1")
 
 
 # --- the report's tables, parsed back ---------------------------------------------------------

@@ -152,7 +152,9 @@ def write_robust_vs_normal_report(
     scopes = scoped_pairings(pairing, family_of)
     scope_statistics = {}
     for scope, scoped in scopes:
-        of_scope = statistics if scope == "all" else robust_vs_normal_statistics(profile, scoped)
+        # A scope of every pair (one training dataset, say) has the report's statistics.
+        same = scoped.pairs == pairing.pairs
+        of_scope = statistics if same else robust_vs_normal_statistics(profile, scoped)
         scope_statistics[scope] = of_scope
         found += findings(of_scope, scope=scope)
 
@@ -198,7 +200,7 @@ def write_robust_vs_normal_report(
             url=url,
             out_dir=out_dir,
             form=form,
-            same_as_all=set(scoped.pairs) == set(pairing.pairs),
+            same_as_all=scoped.pairs == pairing.pairs,
         )
         for scope, scoped in scopes
         if scope != "all"
