@@ -100,7 +100,12 @@ def compare(
     model_a: Annotated[str, typer.Argument(help="First model, as `filterdb models` lists it.")],
     model_b: Annotated[str, typer.Argument(help="Second model; differences are A - B.")],
     out: Annotated[
-        Path | None, typer.Option("--out", help="Write comparison.png into this directory.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Write report.html, report.md, comparison.png, findings.json and both "
+            "galleries into this directory.",
+        ),
     ] = None,
     per: Annotated[
         CompareTable,
@@ -129,6 +134,7 @@ def compare(
         for drawn in comparison.galleries:
             err_console.print(f"gallery: {drawn.png}", markup=False, soft_wrap=True)
         err_console.print(f"findings: {comparison.findings_json}", markup=False, soft_wrap=True)
+        err_console.print(f"report: {comparison.html}", markup=False, soft_wrap=True)
 
 
 @app.command("gallery")

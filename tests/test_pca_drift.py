@@ -326,3 +326,34 @@ def test_drift_properties(seed, layers):
     again = drift_matrix(shuffled)
     order = [again.names.index(name) for name in result.names]
     np.testing.assert_allclose(again.matrix[np.ix_(order, order)], matrix, **TOLERANCE)
+
+
+def plain_coefficients(filters: np.ndarray, mean: np.ndarray, components: np.ndarray) -> list:
+    """c_k = 0 + (f_0 - m_0) w_k0 + ... + (f_8 - m_8) w_k8, in Python floats, left to right."""
+    rows = []
+    for row in filters.tolist():
+        centred = [value - m for value, m in zip(row, mean.tolist(), strict=True)]
+        rows.append([])
+        for component in components.tolist():
+            total = 0.0
+            for value, weight in zip(centred, component, strict=True):
+                total = total + value * weight  # two roundings, no fused multiply-add
+            rows[-1].append(total)
+    return rows
+
+
+def test_coefficients_are_the_bits_of_a_plain_sum_in_any_chunk():
+    # Bits, not a tolerance: a subgroup's coefficients must stay inside the union's range.
+    rng = np.random.default_rng(7)
+    filters = rng.standard_normal((20_000, 9))
+    basis = fit_pca(filters)
+    chunked = basis.coefficients(filters)
+    expected = np.array(plain_coefficients(filters[:300], basis.mean, basis.components))
+    np.testing.assert_array_equal(chunked[:300].view(np.int64), expected.view(np.int64))
+    # Rows past the first chunk, and the same rows on their own, give the same bits.
+    np.testing.assert_array_equal(
+        basis.coefficients(filters[-300:]).view(np.int64), chunked[-300:].view(np.int64)
+    )
+    # Every product -0.0: the plain sum starts at +0.0, so the coefficient is +0.0.
+    negative = type(basis)(**{**vars(basis), "mean": np.zeros(9), "components": -np.ones((9, 9))})
+    assert not np.signbit(negative.coefficients(np.zeros((3, 9)))).any()

@@ -279,6 +279,11 @@ def auto_report(zoo_url, tmp_path_factory):
     return write_robust_vs_normal_report(url=zoo_url, out_dir=out, training_dataset="toy")
 
 
+@pytest.fixture(scope="module")
+def compared(zoo_url, tmp_path_factory):
+    return compare_models("r1", "n1", url=zoo_url, out_dir=tmp_path_factory.mktemp("compare"))
+
+
 # --- an independent computation from the raw weights -------------------------------------
 
 
@@ -671,6 +676,10 @@ def test_cli_compare_writes_csv(zoo_url, tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == len(PROFILE_METRICS) * 3
     assert {"metric", "depth_bin", "value_a", "value_b", "difference"} <= set(rows[0])
+    written = runner.invoke(app, ["--db", zoo_url, "compare", "r1", "n1", "--out", str(tmp_path)])
+    assert written.exit_code == 0, written.output
+    assert f"report: {tmp_path / 'report.html'}" in written.output
+    assert (tmp_path / "report.md").read_text(encoding="utf-8").startswith("# r1 vs n1")
 
 
 # --- the report's tables, parsed back ---------------------------------------------------------
@@ -821,22 +830,32 @@ def browser_probe(html_path, tmp_path) -> dict:
     return json.loads(html.unescape(found.group(1)))
 
 
-def test_report_renders_in_a_browser(auto_report, tmp_path):
+def assert_renders(html_path, tmp_path, *, min_images: int) -> None:
+    """Not blank, every image loaded, neither the page nor a table wider than the window."""
     screenshot = tmp_path / "screenshot.png"
-    done = browse(auto_report.html, tmp_path, f"--screenshot={screenshot}")
+    done = browse(html_path, tmp_path, f"--screenshot={screenshot}")
     assert screenshot.exists(), done.stderr[-2000:]
     pixels = matplotlib.image.imread(screenshot)[..., :3]
     inked = (pixels.min(axis=2) < 0.9).mean()
     assert inked > 0.02, f"the page looks blank: {inked:.1%} of the screenshot is not white"
-    probe = browser_probe(auto_report.html, tmp_path)
+    probe = browser_probe(html_path, tmp_path)
     assert probe["text"] > 1000
-    assert len(probe["images"]) >= 3
+    assert len(probe["images"]) >= min_images
     for alt, complete, natural_width in probe["images"]:
         assert complete and natural_width > 0, f"image {alt} did not load"
     # Every <details> is open: no table, nor the page, is wider than the window.
     assert probe["scrollWidth"] <= probe["innerWidth"]
     for right, width, room in probe["tables"]:
         assert right <= probe["innerWidth"] and width <= room, (right, width, room)
+
+
+def test_report_renders_in_a_browser(auto_report, tmp_path):
+    assert_renders(auto_report.html, tmp_path, min_images=3)
+
+
+def test_compare_document_renders_in_a_browser(compared, tmp_path):
+    # The comparison plot and both galleries.
+    assert_renders(compared.html, tmp_path, min_images=3)
 
 
 def test_browser_check_sees_a_broken_image_and_a_wide_table(auto_report, tmp_path):
@@ -915,8 +934,8 @@ def test_one_pair_is_not_testable_end_to_end(zoo_url, tmp_path):
     assert sparsity.reason == "no bin could be tested (no test: all paired differences are 0)"
 
 
-def test_compare_writes_findings_and_both_galleries(zoo_url, tmp_path):
-    comparison = compare_models("r1", "n1", url=zoo_url, out_dir=tmp_path)
+def test_compare_writes_findings_and_both_galleries(compared):
+    comparison, tmp_path = compared, compared.html.parent
     assert [g.png.name for g in comparison.galleries] == ["gallery_r1_0.png", "gallery_n1_0.png"]
     # First layer of 3 inputs: one colour image per output channel (8 of them).
     assert {(g.kernels_shown, g.kernels) for g in comparison.galleries} == {(8, 8)}
@@ -940,3 +959,58 @@ def test_cli_gallery_draws_any_layer(zoo_url, tmp_path):
     refused = runner.invoke(app, ["--db", zoo_url, "gallery", "lonely", "--layer", "nope"])
     assert refused.exit_code == 1 and refused.output.startswith("error: model lonely has no")
     assert refused.output.count("\n") == 1
+
+
+def test_compare_document_tables_show_the_comparison(compared):
+    page = compared.html.read_text(encoding="utf-8")
+    headings = re.findall(r"<h2>(.*?)</h2>", page)
+    assert headings[:3] == ["Findings", "Models", "Figures"]
+    assert "<b>model A</b>: r1" in page and "<b>model B</b>: n1" in page
+    parser = _Tables()
+    parser.feed(page)
+    frames = {
+        "Findings": pl.DataFrame([vars(f) for f in compared.findings]).drop("scope"),
+        "Metrics per depth bin": compared.bins,
+        "Layers": compared.layers,
+    }
+    for tables in (parser.tables, _markdown_tables(compared.markdown.read_text(encoding="utf-8"))):
+        for heading, frame in frames.items():
+            _assert_table_shows(tables[heading], frame)
+        models = tables["Models"]
+        assert [row[:2] for row in models[1:]] == [["A", "r1"], ["B", "n1"]]
+    # Both galleries side by side, the figure before the tables.
+    assert page.index("<h2>Figures</h2>") < page.index("<h2>Metrics per depth bin</h2>")
+    assert page.count('<div class="row"><figure><img') == 1
+
+
+def test_figures_per_training_dataset_each_on_its_own_pairs(zoo_url, auto_report, tmp_path):
+    # No dataset asked for: the toy pairs and the twins pair, so each dataset is a scope of
+    # its own with its own figures.
+    report = write_robust_vs_normal_report(url=zoo_url, out_dir=tmp_path)
+    scopes = {figure.scope: figure for figure in report.scopes}
+    assert set(scopes) == {"training_dataset=toy", "training_dataset=twins"}
+    assert not any(figure.same_as_all for figure in scopes.values())
+    # Identical twins drift 0 in every bin; the toy scope is the toy-only report's series.
+    assert set(scopes["training_dataset=twins"].drift["drift"]) == {0.0}
+    assert scopes["training_dataset=toy"].drift.equals(auto_report.drift)
+    for figure in scopes.values():
+        assert [p.name for p in figure.figures] == [
+            f"boxplots_{figure.scope.replace('=', '-')}.png",
+            f"drift_by_depth_{figure.scope.replace('=', '-')}.png",
+        ]
+        assert all(p.with_suffix(".svg").exists() for p in figure.figures)
+    page = report.html.read_text(encoding="utf-8")
+    section = page[page.index("<h2>Figures per training dataset and family</h2>") :]
+    section = section[: section.index("<h2>", 4)]
+    # One closed group per scope, each with its two figures inside.
+    groups = re.findall(
+        r"<details><summary>(training_dataset=\w+) \((\d+) pairs\)</summary>", section
+    )
+    assert groups == [("training_dataset=toy", "9"), ("training_dataset=twins", "1")]
+    assert section.count("<img") == 4
+    # The overall figures stay open, before every scope.
+    assert page.index('alt="boxplots"') < page.index("<h2>Figures per training dataset")
+    # The auto report's only scope holds every pair: no second drawing of the same figures.
+    assert [(f.scope, f.same_as_all, f.figures) for f in auto_report.scopes] == [
+        ("training_dataset=toy", True, ())
+    ]

@@ -1,7 +1,8 @@
-"""One model against another: layer by layer and per depth bin, with a plot."""
+"""One model against another: layer by layer and per depth bin, with a plot and a document."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,15 +10,18 @@ from pathlib import Path
 import polars as pl
 
 from filterdb.analysis.comparison import robust_vs_normal_statistics
-from filterdb.analysis.findings import Finding, findings
+from filterdb.analysis.findings import RULES, Finding, findings, findings_frame
 from filterdb.analysis.groups import compared_weights_form
 from filterdb.analysis.pairing import Pair, Pairing
 from filterdb.files import output_directory
 from filterdb.metrics import cache
 from filterdb.metrics.registry import METRICS, POOLED_METRICS
 from filterdb.reports import plots
+from filterdb.reports.document import Page
 from filterdb.reports.gallery import Gallery, write_gallery
-from filterdb.warehouse.database import engine_for, read_frame
+from filterdb.reports.robust_vs_normal import FINDING_COLUMNS, form_line
+from filterdb.warehouse.database import display_url, engine_for, read_frame
+from filterdb.warehouse.inventory import models as stored_models
 from filterdb.warehouse.inventory import require_models
 from filterdb.warehouse.migrate import require_head
 
@@ -52,6 +56,9 @@ class Comparison:
         The first layers of A and B, drawn when ``out_dir`` was given.
     findings_json : Path or None
         ``findings.json`` when ``out_dir`` was given.
+    html, markdown : Path or None
+        ``report.html`` (self-contained) and ``report.md``, when ``out_dir`` was given:
+        header, findings, accuracy, figure, galleries, then the tables in ``<details>``.
     """
 
     model_a: str
@@ -64,6 +71,8 @@ class Comparison:
     findings: tuple[Finding, ...] = ()
     galleries: tuple[Gallery, ...] = field(default=())
     findings_json: Path | None = None
+    html: Path | None = None
+    markdown: Path | None = None
 
 
 def compare_models(
@@ -78,7 +87,8 @@ def compare_models(
 
     Missing metrics are computed first. With ``out_dir``, writes ``comparison.png`` and
     ``.svg`` (each metric per depth bin, both models), ``findings.json`` (the paper's
-    claims, A as robust, B as normal) and both models' first-layer galleries. Raises a one-line
+    claims, A as robust, B as normal), both models' first-layer galleries, and the
+    document ``report.html`` and ``report.md`` that shows them all. Raises a one-line
     :class:`~filterdb.errors.FilterdbError` naming a model that is not stored, or when
     the two are stored in different weights forms (raw, bn_folded, as_exported) and
     ``mixed_forms`` is false.
@@ -106,7 +116,8 @@ def compare_models(
     found = tuple(
         findings(robust_vs_normal_statistics(profile, pairing), scope=f"{model_a} vs {model_b}")
     )
-    plot = findings_json = None
+    layers = _layers_side_by_side(layers, model_a, model_b, same_architecture=same)
+    plot = findings_json = html_path = markdown_path = None
     galleries: tuple[Gallery, ...] = ()
     if out_dir is not None:
         output_directory(out_dir)
@@ -126,18 +137,124 @@ def compare_models(
             write_gallery(name, url=url, out_dir=out_dir, title=f"{role}: {name}, first layer")
             for name, role in ((model_a, "A"), (model_b, "B"))
         )
+        page = _page(
+            model_a,
+            model_b,
+            url=url,
+            form=form,
+            joined_on=joined_on,
+            found=found,
+            bins=bins,
+            layers=layers,
+            plot=plot,
+            galleries=galleries,
+        )
+        html_path, markdown_path = out_dir / "report.html", out_dir / "report.md"
+        html_path.write_text(page.html(), encoding="utf-8")
+        markdown_path.write_text(page.markdown(), encoding="utf-8")
     return Comparison(
         model_a=model_a,
         model_b=model_b,
         joined_on=joined_on,
-        layers=_layers_side_by_side(layers, model_a, model_b, same_architecture=same),
+        layers=layers,
         bins=bins,
         plot=plot,
         weights_form=form,
         findings=found,
         galleries=galleries,
         findings_json=findings_json,
+        html=html_path,
+        markdown=markdown_path,
     )
+
+
+# What the document's model table shows of each model, beside its role (A or B).
+MODEL_COLUMNS = (
+    "model_name",
+    "architecture",
+    "family",
+    "training_type",
+    "training_dataset",
+    "clean_acc",
+    "robust_acc",
+)
+
+
+def _page(
+    model_a: str,
+    model_b: str,
+    *,
+    url: str | None,
+    form: str,
+    joined_on: str,
+    found: tuple[Finding, ...],
+    bins: pl.DataFrame,
+    layers: pl.DataFrame,
+    plot: Path,
+    galleries: tuple[Gallery, ...],
+) -> Page:
+    """The comparison's document: the report's page, for two models instead of two groups."""
+    stored = stored_models(url=url)
+    role = {model_a: "A", model_b: "B"}
+    shown = [c for c in MODEL_COLUMNS if c in stored.columns]
+    models = (
+        stored.filter(pl.col("model_name").is_in(list(role)))
+        .with_columns(pl.col("model_name").replace_strict(role).alias("role"))
+        .select("role", *shown)
+        .sort("role")
+    )
+    datasets = ", ".join(sorted(models["training_dataset"].drop_nulls().unique())) or "unknown"
+    header = (
+        ("database", display_url(url)),
+        ("date", datetime.datetime.now(datetime.UTC).date().isoformat()),
+        ("model A", model_a),
+        ("model B", model_b),
+        ("training datasets", datasets),
+        ("weights form", form_line(form)),
+    )
+    found_frame = findings_frame(found).select(FINDING_COLUMNS)
+    scale = "; ".join(sorted({g.normalisation for g in galleries})) or "none drawn"
+    sections = (
+        (
+            "Findings",
+            [
+                (
+                    "p",
+                    f"The paper's claims with {model_a} (A) in the robust role and {model_b} "
+                    "(B) in the normal one; differences are A - B. One pair can never reach "
+                    "significance, so the verdicts show directions, not findings.",
+                ),
+                ("list", [f.sentence() for f in found]),
+                ("table", found_frame),
+                ("p", "How each verdict is reached: " + RULES),
+            ],
+        ),
+        ("Models", [("table", models)]),
+        (
+            "Figures",
+            [
+                ("p", "Each metric per depth bin, both models (A circles, B squares)."),
+                ("figure", plot),
+            ],
+        ),
+        (
+            "First-layer filters: A beside B",
+            [
+                ("p", f"Left {model_a}, right {model_b}. Scale: {scale}."),
+                ("row", tuple(g.png for g in galleries)),
+            ],
+        ),
+        (
+            "Metrics per depth bin",
+            [("details", ("every metric and depth bin, A - B", bins))],
+        ),
+        (
+            "Layers",
+            [("details", (f"layer by layer, joined on {joined_on}", layers))],
+        ),
+    )
+    title = f"{model_a} vs {model_b} ({datasets}; weights: {form})"
+    return Page(title=title, header=header, sections=sections)
 
 
 def _comparable_form(model_a: str, model_b: str, *, url: str | None, mixed_forms: bool) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -90,3 +91,106 @@ def embedded_png(path: Path) -> str:
     """An ``<img>`` carrying the PNG at ``path`` as a data URL (the page stands alone)."""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{data}">'
+
+
+# --- pages: one document, written once as Markdown and once as HTML ------------------------
+
+# A part of a section is (kind, item):
+#   ("p", text), ("list", lines), ("facts", [(name, value), ...]), ("table", frame),
+#   ("details", (label, frame)), ("figure", png path), ("row", png paths side by side),
+#   ("group", (label, parts)): nested parts inside a <details>, closed.
+Part = tuple[str, object]
+Section = tuple[str, list[Part]]
+
+
+@dataclass(frozen=True)
+class Page:
+    """A report for people: a title, header facts, then sections of parts (:data:`Part`).
+
+    The reports build one and write it as ``.md`` and ``.html`` with the same content in
+    the same order; images sit beside the Markdown and inside the HTML (data URLs).
+    """
+
+    title: str
+    header: tuple[tuple[str, str], ...]
+    sections: tuple[Section, ...]
+
+    def markdown(self) -> str:
+        """The page as Markdown; figures link to the PNGs beside it."""
+        parts = [f"# {self.title}\n"]
+        parts += [f"- {name}: {value}" for name, value in self.header]
+        for heading, items in self.sections:
+            parts.append(f"\n## {heading}\n")
+            parts += _markdown_parts(items)
+        return "\n".join(parts)
+
+    def html(self) -> str:
+        """The page as one self-contained HTML file (styles and images embedded)."""
+        header = " · ".join(
+            f"<b>{html.escape(name)}</b>: {html.escape(value)}" for name, value in self.header
+        )
+        body = [f"<h1>{html.escape(self.title)}</h1>", f'<p class="header">{header}</p>']
+        for heading, items in self.sections:
+            body.append(f"<h2>{html.escape(heading)}</h2>")
+            body += _html_parts(items)
+        head = (
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f"<title>{html.escape(self.title)}</title><style>{STYLE}</style></head>"
+        )
+        return "\n".join([head, "<body>", *body, "</body></html>"]) + "\n"
+
+
+def _markdown_parts(items: list[Part]) -> list[str]:
+    parts: list[str] = []
+    for kind, item in items:
+        if kind == "p":
+            parts.append(f"{item}\n")
+        elif kind == "list":
+            parts += [f"- {line}" for line in item] + [""]
+        elif kind == "facts":
+            parts += [f"- {name}: {value}" for name, value in item] + [""]
+        elif kind == "table":
+            parts.append(markdown_table(item))
+        elif kind == "details":
+            label, frame = item
+            parts += [f"<details><summary>{label}</summary>\n", markdown_table(frame)]
+            parts.append("</details>\n")
+        elif kind == "group":
+            label, nested = item
+            parts += [f"<details><summary>{label}</summary>\n", *_markdown_parts(nested)]
+            parts.append("</details>\n")
+        elif kind == "figure":
+            parts.append(f"![{item.stem}]({item.name})\n")
+        elif kind == "row":
+            parts.append(" ".join(f"![{p.stem}]({p.name})" for p in item) + "\n")
+        else:
+            raise ValueError(f"unknown part kind {kind!r}")
+    return parts
+
+
+def _html_parts(items: list[Part]) -> list[str]:
+    body: list[str] = []
+    for kind, item in items:
+        if kind == "p":
+            body.append(f"<p>{html.escape(item)}</p>")
+        elif kind == "list":
+            body.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in item) + "</ul>")
+        elif kind == "table":
+            body.append(html_table(item))
+        elif kind == "facts":
+            facts = pl.DataFrame(list(item), schema=["about", "value"], orient="row")
+            body.append(html_table(facts))
+        elif kind == "details":
+            body.append(collapsible(*item))
+        elif kind == "group":
+            label, nested = item
+            body.append(f"<details><summary>{html.escape(label)}</summary>")
+            body += [*_html_parts(nested), "</details>"]
+        elif kind == "figure":
+            body.append(f"<figure>{embedded_png(item)}</figure>")
+        elif kind == "row":
+            images = "".join(f"<figure>{embedded_png(p)}</figure>" for p in item)
+            body.append(f'<div class="row">{images}</div>')
+        else:
+            raise ValueError(f"unknown part kind {kind!r}")
+    return body

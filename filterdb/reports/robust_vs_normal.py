@@ -8,7 +8,6 @@ CSV and Markdown tables, PNG plots and one self-contained HTML file.
 from __future__ import annotations
 
 import datetime
-import html
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,13 +36,7 @@ from filterdb.metrics.cache import ComputeProgress
 from filterdb.metrics.drift import NOISE_LEVEL, NULL_MAX_FILTERS, NULL_PERMUTATIONS
 from filterdb.metrics.registry import POOLED_METRICS
 from filterdb.reports import plots
-from filterdb.reports.document import (
-    STYLE,
-    collapsible,
-    embedded_png,
-    html_table,
-    markdown_table,
-)
+from filterdb.reports.document import Page
 from filterdb.reports.gallery import Gallery, write_eigen_filter_pair, write_gallery
 from filterdb.warehouse.database import display_url
 from filterdb.warehouse.inventory import models as stored_models
@@ -83,6 +76,9 @@ class ReportResult:
         The findings as a JSON list.
     galleries : tuple of Gallery
         First-layer galleries of the drawn pairs, robust then normal twin.
+    scopes : tuple of ScopeFigures
+        Per training dataset and family with a pair: its statistics, drift series and
+        figures (none when the scope holds every pair of the report).
     """
 
     html: Path
@@ -99,6 +95,7 @@ class ReportResult:
     findings: tuple[Finding, ...] = ()
     findings_json: Path | None = None
     galleries: tuple[Gallery, ...] = field(default=())
+    scopes: tuple[ScopeFigures, ...] = field(default=())
 
 
 def write_robust_vs_normal_report(
@@ -117,7 +114,9 @@ def write_robust_vs_normal_report(
     ``training_dataset`` keeps one dataset. Metrics missing from the cache are computed
     first (``on_progress`` sees that work), so the report is always complete. Writes
     ``summary.csv`` (full precision), ``summary.md``, ``pairs.csv``, ``drift_by_depth.csv``,
-    ``boxplots.png``, ``drift_by_depth.png`` and ``report.html``; the same data gives the
+    ``boxplots.png``, ``drift_by_depth.png`` and ``report.html``, and per training
+    dataset or family that holds some but not all pairs ``boxplots_<scope>.png`` and
+    ``drift_by_depth_<scope>.png`` (each on the scope's own drift basis); the same data gives the
     same files (the drift nulls are seeded). ``weights_form`` keeps only models stored in
     that form; the paired models must share one form unless ``mixed_forms``, and every
     document states the form compared.
@@ -150,8 +149,13 @@ def write_robust_vs_normal_report(
     drift = drift_by_depth(pairing, url=url)
     family_of = dict(forms.select("model_name", "family").iter_rows())
     found = []
-    for scope, scoped in scoped_pairings(pairing, family_of):
-        of_scope = statistics if scope == "all" else robust_vs_normal_statistics(profile, scoped)
+    scopes = scoped_pairings(pairing, family_of)
+    scope_statistics = {}
+    for scope, scoped in scopes:
+        # A scope of every pair (one training dataset, say) has the report's statistics.
+        same = scoped.pairs == pairing.pairs
+        of_scope = statistics if same else robust_vs_normal_statistics(profile, scoped)
+        scope_statistics[scope] = of_scope
         found += findings(of_scope, scope=scope)
 
     output_directory(out_dir)
@@ -187,6 +191,20 @@ def write_robust_vs_normal_report(
             drift, paths["drift_by_depth.png"], weights_form=form, title=header.groups
         ),
     )
+    per_scope = [
+        _scope_figures(
+            scope,
+            scoped,
+            statistics=scope_statistics[scope],
+            profile=profile,
+            url=url,
+            out_dir=out_dir,
+            form=form,
+            same_as_all=scoped.pairs == pairing.pairs,
+        )
+        for scope, scoped in scopes
+        if scope != "all"
+    ]
     layers = stored_layers(url=url)
     galleries = _galleries(pairing, url=url, out_dir=out_dir, layers=layers)
     eigen = write_eigen_filter_pair(
@@ -207,11 +225,15 @@ def write_robust_vs_normal_report(
         figures=figures,
         galleries=tuple(galleries),
         eigen=eigen,
+        scopes=tuple(per_scope),
     )
     paths["summary.md"].write_text(document.markdown(), encoding="utf-8")
     paths["report.html"].write_text(document.html(), encoding="utf-8")
+    scope_images = [path for figure in per_scope for path in figure.figures]
     images = tuple(
-        dict.fromkeys((*figures, *(g.png for g in galleries), *([eigen] if eigen else [])))
+        dict.fromkeys(
+            (*figures, *scope_images, *(g.png for g in galleries), *([eigen] if eigen else []))
+        )
     )
     return ReportResult(
         html=paths["report.html"],
@@ -228,7 +250,60 @@ def write_robust_vs_normal_report(
         findings=tuple(found),
         findings_json=paths["findings.json"],
         galleries=tuple(galleries),
+        scopes=tuple(per_scope),
     )
+
+
+@dataclass(frozen=True)
+class ScopeFigures:
+    """The figures of one scope (``training_dataset=...``, ``family=...``).
+
+    ``figures`` are the box plots and the drift series of the scope's pairs, drawn on the
+    scope's own drift basis; empty, with ``same_as_all``, when the scope holds every pair
+    of the report (its figures would be those of ``all``).
+    """
+
+    scope: str
+    pairing: Pairing
+    statistics: pl.DataFrame
+    drift: pl.DataFrame | None
+    figures: tuple[Path, ...]
+    same_as_all: bool
+
+
+def _scope_figures(
+    scope: str,
+    pairing: Pairing,
+    *,
+    statistics: pl.DataFrame,
+    profile: pl.DataFrame,
+    url: str | None,
+    out_dir: Path,
+    form: str,
+    same_as_all: bool,
+) -> ScopeFigures:
+    if same_as_all:
+        # The drift series is the report's most expensive part: not twice for one set.
+        return ScopeFigures(scope, pairing, statistics, None, (), True)
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in scope.replace("=", "-"))
+    title = (
+        f"{len(pairing.robust_models)} robust vs {len(pairing.normal_models)} normal models "
+        f"({scope})"
+    )
+    drift = drift_by_depth(pairing, url=url)
+    figures = (
+        plots.robust_vs_normal_boxplots(
+            role_values(profile, pairing),
+            statistics,
+            out_dir / f"boxplots_{stem}.png",
+            metrics=POOLED_METRICS,
+            title=title,
+        ),
+        plots.drift_by_depth_plot(
+            drift, out_dir / f"drift_by_depth_{stem}.png", weights_form=form, title=title
+        ),
+    )
+    return ScopeFigures(scope, pairing, statistics, drift, figures, False)
 
 
 def _galleries(
@@ -309,7 +384,8 @@ _DRIFT_NOTES = (
 )
 
 
-def _form_line(form: str) -> str:
+def form_line(form: str) -> str:
+    """The weights form with what it means, for a document's header."""
     meaning = {
         "raw": "the checkpoints' own tensors",
         "bn_folded": "BatchNorm folded into the convs, as the papers' ONNX exports had them",
@@ -326,7 +402,7 @@ def _test_used(pairing: Pairing) -> str:
 
 def _pairing_lines(pairing: Pairing, form: str) -> list[tuple[str, str]]:
     return [
-        ("weights form", _form_line(form)),
+        ("weights form", form_line(form)),
         ("pairs from", pairing.source),
         ("pairs", f"{len(pairing.pairs)}"),
         ("robust models", f"{len(pairing.robust_models)}"),
@@ -412,6 +488,7 @@ class _Document:
     figures: tuple[Path, ...]
     galleries: tuple[Gallery, ...]
     eigen: Path | None
+    scopes: tuple[ScopeFigures, ...] = ()
 
     @property
     def overall(self) -> pl.DataFrame:
@@ -472,6 +549,7 @@ class _Document:
                 "Findings per training dataset and family",
                 [("details", ("every claim per scope", self.scoped))],
             ),
+            ("Figures per training dataset and family", self.scope_parts()),
             ("Summary", [("details", ("per metric: first and deepest bin", self.summary))]),
             ("Drift by depth", [("details", ("the drift series", self.drift))]),
             (
@@ -481,58 +559,49 @@ class _Document:
             ("Pairs", [("details", ("the pairs", self.pairing.frame()))]),
         ]
 
+    def scope_parts(self) -> list[tuple[str, object]]:
+        """One closed group per scope: its findings, box plots and drift series."""
+        if not self.scopes:
+            return [("p", "No training dataset or family is known for the pairs.")]
+        parts: list[tuple[str, object]] = []
+        for figure in self.scopes:
+            pairs = f"{len(figure.pairing.pairs)} pairs"
+            if figure.same_as_all:
+                parts.append(
+                    (
+                        "p",
+                        f"{figure.scope}: every pair of the report ({pairs}); "
+                        "its figures are those above.",
+                    )
+                )
+                continue
+            found = self.findings.filter(pl.col("scope") == figure.scope).select(FINDING_COLUMNS)
+            boxplots, drift_plot = figure.figures
+            parts.append(
+                (
+                    "group",
+                    (
+                        f"{figure.scope} ({pairs})",
+                        [
+                            ("table", found),
+                            ("figure", boxplots),
+                            ("figure", drift_plot),
+                            ("details", (f"the drift series of {figure.scope}", figure.drift)),
+                        ],
+                    ),
+                )
+            )
+        return parts
+
+    def page(self) -> Page:
+        return Page(
+            title=self.header.title,
+            header=self.header.lines[:HEADER_LINES],
+            sections=tuple(self.sections()),
+        )
+
     def markdown(self) -> str:
-        parts = [f"# {self.header.title}\n"]
-        parts += [f"- {name}: {value}" for name, value in self.header.lines[:HEADER_LINES]]
-        for heading, items in self.sections():
-            parts.append(f"\n## {heading}\n")
-            for kind, item in items:
-                if kind == "p":
-                    parts.append(f"{item}\n")
-                elif kind == "list":
-                    parts += [f"- {line}" for line in item] + [""]
-                elif kind == "facts":
-                    parts += [f"- {name}: {value}" for name, value in item] + [""]
-                elif kind == "table":
-                    parts.append(markdown_table(item))
-                elif kind == "details":
-                    label, frame = item
-                    parts += [f"<details><summary>{label}</summary>\n", markdown_table(frame)]
-                    parts.append("</details>\n")
-                elif kind == "figure":
-                    parts.append(f"![{item.stem}]({item.name})\n")
-                elif kind == "row":
-                    parts.append(" ".join(f"![{p.stem}]({p.name})" for p in item) + "\n")
-        return "\n".join(parts)
+        return self.page().markdown()
 
     def html(self) -> str:
-        header = " · ".join(
-            f"<b>{html.escape(name)}</b>: {html.escape(value)}"
-            for name, value in self.header.lines[:HEADER_LINES]
-        )
-        body = [f"<h1>{html.escape(self.header.title)}</h1>", f'<p class="header">{header}</p>']
-        for heading, items in self.sections():
-            body.append(f"<h2>{html.escape(heading)}</h2>")
-            for kind, item in items:
-                if kind == "p":
-                    body.append(f"<p>{html.escape(item)}</p>")
-                elif kind == "list":
-                    body.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in item))
-                    body.append("</ul>")
-                elif kind == "table":
-                    body.append(html_table(item))
-                elif kind == "facts":
-                    facts = pl.DataFrame(list(item), schema=["about", "value"], orient="row")
-                    body.append(html_table(facts))
-                elif kind == "details":
-                    body.append(collapsible(*item))
-                elif kind == "figure":
-                    body.append(f"<figure>{embedded_png(item)}</figure>")
-                elif kind == "row":
-                    images = "".join(f"<figure>{embedded_png(p)}</figure>" for p in item)
-                    body.append(f'<div class="row">{images}</div>')
-        head = (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            f"<title>{html.escape(self.header.title)}</title><style>{STYLE}</style></head>"
-        )
-        return "\n".join([head, "<body>", *body, "</body></html>"]) + "\n"
+        return self.page().html()
