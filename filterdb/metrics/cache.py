@@ -24,15 +24,13 @@ from sqlalchemy.engine import Connection, Engine
 
 from filterdb.device import resolve_device
 from filterdb.errors import FilterdbError
-from filterdb.lake.write import sync_lake
 from filterdb.metrics.engine import Engine as EngineSpec
-from filterdb.metrics.engine import dask_client, parse_engine
+from filterdb.metrics.engine import parse_engine
 from filterdb.metrics.layer import (
     layer_metrics,
     require_eps,
 )
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS, METRICS, POOLED_METRICS, metric_params
-from filterdb.metrics.tasks import file_metrics
 from filterdb.warehouse import schema
 from filterdb.warehouse.database import engine_for, read_frame, resolve_url
 from filterdb.warehouse.inventory import require_models
@@ -248,6 +246,12 @@ def _compute_on_dask(
     on_progress: Callable[[ComputeProgress], None] | None,
 ) -> ComputeResult:
     import torch
+
+    # Only the Dask path needs the lake's Parquet code and the workers' tasks: `filterdb
+    # metrics` on the local engine starts without them.
+    from filterdb.lake.write import sync_lake
+    from filterdb.metrics.engine import dask_client
+    from filterdb.metrics.tasks import file_metrics
 
     location = str(lake or default_lake(url))
     with engine_for(url) as engine:
