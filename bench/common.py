@@ -91,7 +91,8 @@ def child_main() -> None:
     result = getattr(module, step)(**json.loads(arguments))
     # ru_maxrss is in KiB on Linux.
     result["peak_rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(RESULT_MARKER + json.dumps(result), flush=True)
+    # On a line of its own: DuckDB's progress bar may have left the line unfinished.
+    print("\n" + RESULT_MARKER + json.dumps(result), flush=True)
 
 
 # --- databases ------------------------------------------------------------------------

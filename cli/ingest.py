@@ -21,6 +21,7 @@ from filterdb.warehouse.records import TrainingInfo
 if TYPE_CHECKING:
     from filterdb.ingest.pipeline import IngestResult
     from filterdb.ingest.sources.base import Candidate
+    from filterdb.metrics.cache import IngestMetrics
 
 app = typer.Typer(help="Store every 3x3 filter of a model.", no_args_is_help=True)
 
@@ -37,7 +38,19 @@ class Training(StrEnum):
 
 
 DeviceOption = Annotated[
-    Device, typer.Option(help="Where to extract: auto is CUDA when available.")
+    Device,
+    typer.Option(
+        help="Where to work: auto extracts on the CPU (faster there) and computes --metrics "
+        "on CUDA when available."
+    ),
+]
+MetricsOption = Annotated[
+    bool,
+    typer.Option(
+        "--metrics",
+        help="Also compute and cache every layer metric (default eps) from the weights in "
+        "memory, in the model's own transaction: what `filterdb metrics` would cache.",
+    ),
 ]
 ForceOption = Annotated[
     bool, typer.Option("--force", help="Replace a model stored from a different checkpoint.")
@@ -77,12 +90,21 @@ FoldOption = Annotated[
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How an ingest runs, given by the same four options on every ingest command."""
+    """How an ingest runs, given by the same five options on every ingest command."""
 
     device: Device
     force: bool
     allow_nonfinite: bool
     quiet: bool
+    metrics: bool = False
+
+    def metrics_hook(self) -> IngestMetrics | None:
+        """What computes ``--metrics`` (None without it); loads the metrics only then."""
+        if not self.metrics:
+            return None
+        from filterdb.metrics.cache import IngestMetrics
+
+        return IngestMetrics(device=self.device.value)
 
 
 def training_info(
@@ -132,6 +154,7 @@ run_options = option_block(
         "force": (ForceOption, False),
         "allow_nonfinite": (NonfiniteOption, False),
         "quiet": (QuietOption, False),
+        "metrics": (MetricsOption, False),
     },
 )
 
@@ -313,6 +336,7 @@ def manifest(
             force=run.force,
             allow_nonfinite=run.allow_nonfinite,
             on_progress=on_progress,
+            metrics=run.metrics_hook(),
         )
     counts: dict[str, int] = {}
     for result in run.results:
@@ -374,6 +398,7 @@ def run_ingest(
             force=run.force,
             allow_nonfinite=run.allow_nonfinite,
             on_progress=on_progress,
+            metrics=run.metrics_hook(),
         )
     for result in results:
         console.print(summary_line(result))

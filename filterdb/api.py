@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from filterdb.ingest.manifest import ManifestRun
     from filterdb.ingest.pipeline import IngestResult, ProgressCallback
     from filterdb.ingest.zoo_selection import SyncResult
-    from filterdb.metrics.cache import ComputeProgress, ComputeResult
+    from filterdb.metrics.cache import ComputeProgress, ComputeResult, IngestMetrics
     from filterdb.metrics.drift import DriftMatrix
     from filterdb.reports.compare import Comparison
     from filterdb.reports.export import ExportResult
@@ -85,6 +85,7 @@ class FilterDB:
         device: str = "auto",
         force: bool = False,
         on_progress: ProgressCallback | None = None,
+        metrics: bool = False,
     ) -> IngestResult:
         """Store every 3x3 filter of a torch checkpoint (``arch``: ``zoo:``, ``timm:``, ...).
 
@@ -97,7 +98,14 @@ class FilterDB:
         candidate = checkpoint_candidate(
             Path(path), name=name, arch=arch, training=training, fold_batchnorm=fold_batchnorm
         )
-        return ingest(candidate, url=self.url, device=device, force=force, on_progress=on_progress)
+        return ingest(
+            candidate,
+            url=self.url,
+            device=device,
+            force=force,
+            on_progress=on_progress,
+            metrics=_ingest_metrics(metrics, device),
+        )
 
     def ingest_onnx(
         self,
@@ -107,13 +115,20 @@ class FilterDB:
         training: TrainingInfo | None = None,
         force: bool = False,
         on_progress: ProgressCallback | None = None,
+        metrics: bool = False,
     ) -> IngestResult:
         """Store every 3x3 filter of an ONNX file, depth read from its graph."""
         from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.onnx_file import onnx_candidate
 
         candidate = onnx_candidate(Path(path), name=name, training=training)
-        return ingest(candidate, url=self.url, force=force, on_progress=on_progress)
+        return ingest(
+            candidate,
+            url=self.url,
+            force=force,
+            on_progress=on_progress,
+            metrics=_ingest_metrics(metrics, "auto"),
+        )
 
     def ingest_robustbench(
         self,
@@ -127,6 +142,7 @@ class FilterDB:
         device: str = "auto",
         force: bool = False,
         on_progress: ProgressCallback | None = None,
+        metrics: bool = False,
     ) -> tuple[list[IngestResult], list[tuple[str, FilterdbError]], list[str]]:
         """Ingest RobustBench zoo entries (``None``: all of dataset and threat model).
 
@@ -150,6 +166,7 @@ class FilterDB:
             device=device,
             force=force,
             on_progress=on_progress,
+            metrics=_ingest_metrics(metrics, device),
         )
         return results, failures, selection.missing
 
@@ -162,13 +179,20 @@ class FilterDB:
         training: TrainingInfo | None = None,
         device: str = "auto",
         force: bool = False,
+        metrics: bool = False,
     ) -> IngestResult:
         """Store timm's pretrained weights ``NAME[.TAG]`` from the Hugging Face Hub cache."""
         from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.timm_hub import timm_candidate
 
         candidate = timm_candidate(spec, name=name, revision=revision, training=training)
-        return ingest(candidate, url=self.url, device=device, force=force)
+        return ingest(
+            candidate,
+            url=self.url,
+            device=device,
+            force=force,
+            metrics=_ingest_metrics(metrics, device),
+        )
 
     def ingest_hf(
         self,
@@ -178,13 +202,20 @@ class FilterDB:
         training: TrainingInfo | None = None,
         device: str = "auto",
         force: bool = False,
+        metrics: bool = False,
     ) -> IngestResult:
         """Store a Hub model repository ``ORG/NAME[@REVISION]``'s 3x3 filters."""
         from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.hf_hub import hf_candidate
 
         candidate = hf_candidate(spec, name=name, training=training)
-        return ingest(candidate, url=self.url, device=device, force=force)
+        return ingest(
+            candidate,
+            url=self.url,
+            device=device,
+            force=force,
+            metrics=_ingest_metrics(metrics, device),
+        )
 
     def ingest_torchvision(
         self,
@@ -195,21 +226,34 @@ class FilterDB:
         training: TrainingInfo | None = None,
         device: str = "auto",
         force: bool = False,
+        metrics: bool = False,
     ) -> IngestResult:
         """Store torchvision's pretrained weights from the torch hub cache (``$TORCH_HOME``)."""
         from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.torchvision_hub import torchvision_candidate
 
         candidate = torchvision_candidate(model, weights=weights, name=name, training=training)
-        return ingest(candidate, url=self.url, device=device, force=force)
+        return ingest(
+            candidate,
+            url=self.url,
+            device=device,
+            force=force,
+            metrics=_ingest_metrics(metrics, device),
+        )
 
     def ingest_manifest(
-        self, path: Path, *, device: str = "auto", force: bool = False
+        self, path: Path, *, device: str = "auto", force: bool = False, metrics: bool = False
     ) -> ManifestRun:
         """Store every model a CSV or Parquet manifest lists; failed rows are collected."""
         from filterdb.ingest.manifest import ingest_manifest
 
-        return ingest_manifest(Path(path), url=self.url, device=device, force=force)
+        return ingest_manifest(
+            Path(path),
+            url=self.url,
+            device=device,
+            force=force,
+            metrics=_ingest_metrics(metrics, device),
+        )
 
     def sync_leaderboard(self, model_info: str | Path) -> SyncResult:
         """Update the stored zoo models' training rows from RobustBench's leaderboard files."""
@@ -399,3 +443,12 @@ class FilterDB:
 def connect(url: str | None = None) -> FilterDB:
     """Open filterdb at ``url`` (default: ``$FILTERDB_URL``, else ``filterdb.duckdb``)."""
     return FilterDB(url)
+
+
+def _ingest_metrics(metrics: bool, device: str) -> IngestMetrics | None:
+    """The ``metrics=True`` of the ingest methods: every layer metric, cached while ingesting."""
+    if not metrics:
+        return None
+    from filterdb.metrics.cache import IngestMetrics
+
+    return IngestMetrics(device=device)

@@ -25,7 +25,13 @@ import torch
 from sqlalchemy.engine import Engine
 
 from filterdb.errors import FilterdbError, SourceError
-from filterdb.ingest.pipeline import IngestEvent, IngestResult, ProgressCallback, ingest
+from filterdb.ingest.pipeline import (
+    IngestEvent,
+    IngestResult,
+    MetricsHook,
+    ProgressCallback,
+    ingest,
+)
 from filterdb.ingest.sources.base import Candidate
 from filterdb.ingest.sources.leaderboard import parse_eps
 from filterdb.warehouse.database import backend_name, engine_for
@@ -224,8 +230,12 @@ def ingest_manifest(
     allow_nonfinite: bool = False,
     on_progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
+    metrics: MetricsHook | None = None,
 ) -> ManifestRun:
     """Ingest every model of the manifest at ``path``; a failed row does not stop the rest.
+
+    ``metrics`` caches every layer metric while the weights are in memory
+    (:func:`filterdb.ingest.pipeline.ingest`).
 
     ``on_start`` gets the number of rows before the first model. Raises
     :class:`ManifestError` when the manifest itself is unusable (nothing is ingested then).
@@ -253,6 +263,7 @@ def ingest_manifest(
                         force=force,
                         allow_nonfinite=allow_nonfinite,
                         on_progress=on_progress,
+                        metrics=metrics,
                     )
                 )
             except FilterdbError as error:  # ingest reported and logged it

@@ -15,7 +15,7 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import sqlalchemy as sa
 import torch
@@ -64,6 +64,21 @@ class IngestEvent:
 ProgressCallback = Callable[[IngestEvent], None]
 
 
+class PendingMetrics(Protocol):
+    """Metrics of an extracted model being computed (filterdb.metrics.cache.PendingMetrics)."""
+
+    def cache_layer_metrics(self, connection: Connection, model_id: int) -> int: ...
+
+    def cancel(self) -> None: ...
+
+
+class MetricsHook(Protocol):
+    """``ingest --metrics`` (:class:`filterdb.metrics.cache.IngestMetrics`): ingestion
+    cannot import the metrics (they are siblings on the warehouse), so it is handed one."""
+
+    def start(self, extracted: ExtractedModel) -> PendingMetrics: ...
+
+
 def ingest(
     candidate: Candidate,
     *,
@@ -73,12 +88,17 @@ def ingest(
     force: bool = False,
     allow_nonfinite: bool = False,
     on_progress: ProgressCallback | None = None,
+    metrics: MetricsHook | None = None,
 ) -> IngestResult:
     """Store ``candidate`` completely, or skip it when already stored from the same bytes.
 
     Pass ``engine`` to reuse one across many models, else ``url`` (default database).
     Raises :class:`ModelConflict` when the name is stored from a different checkpoint and
     ``force`` is false; any :class:`FilterdbError` leaves the model tables unchanged.
+    ``device`` ``auto`` extracts on the CPU (measured faster than CUDA there: README
+    "Performance"); ``metrics`` computes every layer metric from the weights in memory and
+    caches it in the model's write transaction (``ingest --metrics``; a skipped model's
+    metrics are left to ``filterdb metrics``).
     """
     if engine is None:
         with engine_for(url) as owned:
@@ -89,6 +109,7 @@ def ingest(
                 force=force,
                 allow_nonfinite=allow_nonfinite,
                 on_progress=on_progress,
+                metrics=metrics,
             )
     require_head(engine)
     report = on_progress or (lambda event: None)
@@ -107,14 +128,18 @@ def ingest(
         check_weights_fit_files(source, candidate.paths)
         attempt.notes = tuple(source.notes)
         report(IngestEvent(candidate.name, "extracting", 0.4))
+        on_cpu = "cpu" if str(device) == "auto" else device
         extracted = attempt.timed(
-            "extract", lambda: extract(source, device=device, allow_nonfinite=allow_nonfinite)
+            "extract", lambda: extract(source, device=on_cpu, allow_nonfinite=allow_nonfinite)
         )
         report(IngestEvent(candidate.name, "writing", 0.6))
+        attempt.metrics = None if metrics is None else metrics.start(extracted)
         result = attempt.timed("write", lambda: attempt.store(extracted, sha256, force=force))
         report(IngestEvent(candidate.name, "done", 1.0))
         return result
     except Exception as error:  # every failed attempt is logged, bugs included
+        if attempt.metrics is not None:
+            attempt.metrics.cancel()
         attempt.log_failed(str(error) or type(error).__name__)
         report(IngestEvent(candidate.name, "failed", 1.0))
         raise
@@ -128,6 +153,7 @@ def ingest_all(
     force: bool = False,
     allow_nonfinite: bool = False,
     on_progress: ProgressCallback | None = None,
+    metrics: MetricsHook | None = None,
 ) -> tuple[list[IngestResult], list[tuple[str, FilterdbError]]]:
     """Ingest each candidate in turn; a failure is collected and the next model goes on.
 
@@ -145,6 +171,7 @@ def ingest_all(
                         force=force,
                         allow_nonfinite=allow_nonfinite,
                         on_progress=on_progress,
+                        metrics=metrics,
                     )
                 )
             except FilterdbError as error:
@@ -205,6 +232,7 @@ class _Attempt:
         self.seconds = {"read": 0.0, "extract": 0.0, "write": 0.0}
         self.sha256: str | None = None
         self.notes: tuple[str, ...] = ()
+        self.metrics: PendingMetrics | None = None
 
     def timed(self, phase: str, step: Callable[[], T]) -> T:
         start = time.perf_counter()
@@ -219,6 +247,8 @@ class _Attempt:
         try:
             return self._store(extracted, write_started, force=force)
         except _StoredMeanwhile as meanwhile:
+            if self.metrics is not None:
+                self.metrics.cancel()
             return self.log_skipped(meanwhile.model_id, sha256)
 
     def _store(
@@ -236,6 +266,8 @@ class _Attempt:
             if stored is not None:
                 delete_model(connection, stored)
             model_id = write_model(connection, extracted)
+            if self.metrics is not None:
+                self.metrics.cache_layer_metrics(connection, model_id)
             status = "ingested" if stored is None else "replaced"
             # Logged in the model's own transaction: a log row says "ingested" only if the
             # model is there.

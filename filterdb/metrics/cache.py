@@ -11,6 +11,7 @@ DuckDB's single writer is held briefly.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,20 +24,19 @@ from sqlalchemy.engine import Connection, Engine
 
 from filterdb.device import resolve_device
 from filterdb.errors import FilterdbError
-from filterdb.lake.write import sync_lake
 from filterdb.metrics.engine import Engine as EngineSpec
-from filterdb.metrics.engine import dask_client, parse_engine
+from filterdb.metrics.engine import parse_engine
 from filterdb.metrics.layer import (
     layer_metrics,
     require_eps,
 )
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS, METRICS, POOLED_METRICS, metric_params
-from filterdb.metrics.tasks import file_metrics
 from filterdb.warehouse import schema
 from filterdb.warehouse.database import engine_for, read_frame, resolve_url
 from filterdb.warehouse.inventory import require_models
 from filterdb.warehouse.migrate import require_head
 from filterdb.warehouse.read import iter_layer_filters
+from filterdb.warehouse.records import ExtractedModel
 from filterdb.warehouse.write import utc_now
 
 if TYPE_CHECKING:
@@ -130,6 +130,111 @@ def compute_metrics(
     return ComputeResult(n_models=n_models, n_layers=total, n_values=n_values)
 
 
+class IngestMetrics:
+    """``ingest --metrics``: every layer metric of a model computed from its weights in memory.
+
+    Give one to the ingest functions (``metrics=``): :meth:`start` begins computing the
+    layers of an extracted model in a thread, while the model is written; the pipeline
+    then calls :meth:`PendingMetrics.cache_layer_metrics` in the model's own write
+    transaction, so the cache holds a model's values exactly when the model is stored.
+    The values are those :func:`compute_metrics` caches for the model's layers, bit for
+    bit on the same device: the same kernel on the same float32 filters.
+
+    ``device`` ``auto`` is CUDA when there is one (the metrics gain most there, README
+    "Performance"), else the CPU.
+
+    Raises
+    ------
+    filterdb.metrics.layer.MetricError
+        ``eps`` is negative, infinite or NaN (checked here, before any ingest).
+    """
+
+    def __init__(
+        self, *, eps: float = DEFAULT_SPARSITY_EPS, device: str | torch.device = "auto"
+    ) -> None:
+        require_eps(eps)
+        self.eps = eps
+        self.device = resolve_device(device)
+
+    def start(self, extracted: ExtractedModel) -> PendingMetrics:
+        """Compute the metrics of every layer of ``extracted`` in a thread of their own."""
+        return PendingMetrics(extracted, eps=self.eps, device=self.device)
+
+
+class PendingMetrics:
+    """The metrics of one extracted model, being computed; stored by cache_layer_metrics."""
+
+    def __init__(self, extracted: ExtractedModel, *, eps: float, device: torch.device) -> None:
+        self.eps = eps
+        self._layers = [(layer.conv_index, layer) for layer in extracted.layers]
+        self._values: dict[int, dict] = {}
+        self._error: BaseException | None = None
+        self._stop = threading.Event()
+        # torch and its BLAS release the GIL: the layers are measured while the main thread
+        # writes the rows (DuckDB and psycopg release it too).
+        import torch
+
+        threads = torch.get_num_threads()
+        self._thread = threading.Thread(target=self._compute, args=(device, threads), daemon=True)
+        self._thread.start()
+
+    def _compute(self, device: torch.device, threads: int) -> None:
+        import torch
+
+        try:
+            # The caller's thread count, as compute_metrics runs with: torch's float64 sums
+            # split their work by it (filterdb.metrics.tasks), and a new thread may start
+            # from the default count.
+            torch.set_num_threads(threads)
+            for conv_index, layer in self._layers:
+                if self._stop.is_set():
+                    return
+                weight = layer.filters.reshape(
+                    layer.out_channels, layer.filters_per_out_channel, 3, 3
+                )
+                self._values[conv_index] = layer_metrics(weight, eps=self.eps, device=device)
+        except BaseException as error:  # raised in the writing thread, by cache_layer_metrics
+            self._error = error
+
+    def cache_layer_metrics(self, connection: Connection, model_id: int) -> int:
+        """Wait for the values and insert them for the stored model ``model_id``.
+
+        Runs in the caller's transaction (the one that wrote the model). Returns the number
+        of values written.
+        """
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        layer = schema.layer.c
+        layer_ids = dict(
+            connection.execute(
+                sa.select(layer.conv_index, layer.layer_id).where(layer.model_id == model_id)
+            ).all()
+        )
+        computed_at = utc_now()
+        rows = [
+            {
+                "layer_id": layer_ids[conv_index],
+                "model_id": model_id,
+                "metric": metric,
+                "params": metric_params(metric, eps=self.eps),
+                "version": METRICS[metric].version,
+                "value": value.value,
+                "support": value.support,
+                "computed_at": computed_at,
+            }
+            for conv_index, values in self._values.items()
+            for metric, value in values.items()
+        ]
+        _store(connection, rows)
+        return len(rows)
+
+    def cancel(self) -> None:
+        """Stop after the layer in hand (the model was not stored) and wait for the thread."""
+        self._stop.set()
+        self._thread.join()
+
+
 def _compute_on_dask(
     where: EngineSpec,
     *,
@@ -141,6 +246,12 @@ def _compute_on_dask(
     on_progress: Callable[[ComputeProgress], None] | None,
 ) -> ComputeResult:
     import torch
+
+    # Only the Dask path needs the lake's Parquet code and the workers' tasks: `filterdb
+    # metrics` on the local engine starts without them.
+    from filterdb.lake.write import sync_lake
+    from filterdb.metrics.engine import dask_client
+    from filterdb.metrics.tasks import file_metrics
 
     location = str(lake or default_lake(url))
     with engine_for(url) as engine:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from filterdb.errors import FilterdbError
-from filterdb.metrics import tasks
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -112,6 +111,8 @@ def dask_client(engine: Engine) -> Iterator[Client]:
 
 def check_workers(client: Client) -> None:
     """Refuse workers whose filterdb or metric versions differ from this process's."""
+    from filterdb.metrics import tasks
+
     mine = tasks.versions()
     for worker, theirs in sorted(client.run(tasks.versions).items()):
         if theirs != mine:

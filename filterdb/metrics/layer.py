@@ -98,34 +98,47 @@ def layer_metrics(
     ValueError
         ``weight`` is not a non-empty (C_out, C_in / groups, 3, 3) array.
     """
-    import torch
-
     kernels = _kernels_float64(weight, device)
     filters = kernels.reshape(-1, 9)
-    peaks = filters.abs().amax(dim=1)
-    sparse = is_sparse(peaks, peaks.max(), eps=eps)
-    kept = filters[~sparse]
+    # One |w| pass serves the peaks and l1 (summed in the same order as filters.abs().sum()).
+    magnitudes = filters.abs()
+    peaks = magnitudes.amax(dim=1)
+    layer_max = peaks.max()
+    l1 = float(magnitudes.sum())
+    del magnitudes
+    sparse = is_sparse(peaks, layer_max, eps=eps)
+    n_sparse = int(sparse.sum())
+    # With no sparse filter the non-sparse set is the layer itself: no copy, and its
+    # entropy is the one of all filters (the same arithmetic on the same values).
+    kept, kept_peaks = (filters, peaks) if n_sparse == 0 else (filters[~sparse], peaks[~sparse])
     entropy_sets = {
         "variance_entropy": filters,
         "variance_entropy_clean": kept,
-        "variance_entropy_scaled": scale_by_peak(kept, peaks[~sparse]),
+        "variance_entropy_scaled": scale_by_peak(kept, kept_peaks),
     }
     n_filters = filters.shape[0]
     supports = {"sparsity": n_filters, "orthogonality": kernels.shape[0]}
     supports |= {"l1": filters.numel(), "l2": filters.numel()}
     for name, subset in entropy_sets.items():
         supports[name] = supports[f"{name}_norm"] = subset.shape[0]
-    if not bool(torch.isfinite(filters).all()):
+    # max |w| propagates NaN and is infinite with any infinite weight: one number says
+    # whether the layer is finite, without a pass of its own over the weights.
+    if not math.isfinite(float(layer_max)):
         return {name: MetricValue(None, supports[name]) for name in METRICS}
 
+    import torch
+
     values = {
-        "sparsity": int(sparse.sum()) / n_filters,
+        "sparsity": n_sparse / n_filters,
         "orthogonality": orthogonality(kernels),
-        "l1": float(filters.abs().sum()),
+        "l1": l1,
         "l2": float(torch.linalg.vector_norm(filters)),
     }
     for name, subset in entropy_sets.items():
-        values[name] = variance_entropy(subset)
+        if name == "variance_entropy_clean" and n_sparse == 0:
+            values[name] = values["variance_entropy"]
+        else:
+            values[name] = variance_entropy(subset)
         values[f"{name}_norm"] = normalized_entropy(values[name], subset.shape[0])
     return {name: MetricValue(values[name], supports[name]) for name in METRICS}
 
@@ -254,9 +267,13 @@ def _kernels_float64(weight: np.ndarray | torch.Tensor, device: str | torch.devi
     import torch
 
     if isinstance(weight, np.ndarray):
-        # A fresh copy: torch.from_numpy refuses negative strides (even on a length-1 axis
-        # of a "contiguous" array) and warns on read-only arrays.
-        weight = torch.from_numpy(np.array(weight, order="C"))
+        # torch.from_numpy refuses negative strides (even on a length-1 axis of a
+        # "contiguous" array) and warns on read-only arrays: copy those, share the rest
+        # (the float64 widening below copies anyway).
+        shareable = weight.flags.c_contiguous and weight.flags.writeable
+        if not (shareable and all(stride >= 0 for stride in weight.strides)):
+            weight = np.array(weight, order="C")
+        weight = torch.from_numpy(weight)
     if weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or weight.numel() == 0:
         raise ValueError(
             f"expected a non-empty (C_out, C_in/groups, 3, 3) weight, got {tuple(weight.shape)}"
