@@ -46,6 +46,15 @@ NonfiniteOption = Annotated[
     bool, typer.Option("--allow-nonfinite", help="Store NaN/Inf weights instead of refusing.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        envvar="FILTERDB_ENGINE",
+        help="Where to hash, read and extract: local (default), dask-local[:N] or "
+        "dask://HOST:PORT (the workers must reach the checkpoints); this process writes.",
+    ),
+]
 NameOption = Annotated[
     str | None, typer.Option(help="Model name (default: the file name without its suffix).")
 ]
@@ -77,12 +86,13 @@ FoldOption = Annotated[
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How an ingest runs, given by the same four options on every ingest command."""
+    """How an ingest runs, given by the same five options on every ingest command."""
 
     device: Device
     force: bool
     allow_nonfinite: bool
     quiet: bool
+    engine: str | None = None
 
 
 def training_info(
@@ -132,6 +142,7 @@ run_options = option_block(
         "force": (ForceOption, False),
         "allow_nonfinite": (NonfiniteOption, False),
         "quiet": (QuietOption, False),
+        "engine": (EngineOption, None),
     },
 )
 
@@ -313,6 +324,7 @@ def manifest(
             force=run.force,
             allow_nonfinite=run.allow_nonfinite,
             on_progress=on_progress,
+            engine=run.engine,
         )
     counts: dict[str, int] = {}
     for result in run.results:
@@ -374,6 +386,7 @@ def run_ingest(
             force=run.force,
             allow_nonfinite=run.allow_nonfinite,
             on_progress=on_progress,
+            engine=run.engine,
         )
     for result in results:
         console.print(summary_line(result))

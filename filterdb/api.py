@@ -204,12 +204,18 @@ class FilterDB:
         return ingest(candidate, url=self.url, device=device, force=force)
 
     def ingest_manifest(
-        self, path: Path, *, device: str = "auto", force: bool = False
+        self,
+        path: Path,
+        *,
+        device: str = "auto",
+        force: bool = False,
+        engine: str | None = None,
     ) -> ManifestRun:
-        """Store every model a CSV or Parquet manifest lists; failed rows are collected."""
+        """Store every model a CSV or Parquet manifest lists; failed rows are collected
+        (``engine``: where the checkpoints are read; this process writes)."""
         from filterdb.ingest.manifest import ingest_manifest
 
-        return ingest_manifest(Path(path), url=self.url, device=device, force=force)
+        return ingest_manifest(Path(path), url=self.url, device=device, force=force, engine=engine)
 
     def sync_leaderboard(self, model_info: str | Path) -> SyncResult:
         """Update the stored zoo models' training rows from RobustBench's leaderboard files."""
