@@ -263,18 +263,17 @@ def _run(
 ) -> _Union:
     """The three passes over the plan's files; histograms only when ``bins`` is given."""
     where = parse_engine(engine)
-    files = list(plan.by_file)
     with dask_client(where) as client:
-
-        def each_file(task: Callable, **options) -> list[Future]:
-            return [
-                client.submit(
-                    task, plan.location, f, plan.by_file[f], eps=eps, pure=False, **options
-                )
-                for f in files
-            ]
-
-        moments = _tree_reduce(client, each_file(tasks.file_moments), partials.combine_moments)
+        # Each file is read and scaled once; the passes run where its arrays lie.
+        scaled = [
+            client.submit(tasks.file_scaled, plan.location, file, layers, eps=eps, pure=False)
+            for file, layers in plan.by_file.items()
+        ]
+        moments = _tree_reduce(
+            client,
+            [client.submit(tasks.scaled_moments, part, pure=False) for part in scaled],
+            partials.combine_moments,
+        )
         sizes = [sum(moments.kept[layer] for layer in group) for group in plan.group_layers]
         try:
             require_fittable(
@@ -288,27 +287,32 @@ def _run(
             raise
         draws = _draws(null_pairs(sizes), sizes) if null_pairs else {}
         wanted = _wanted_rows(plan, moments.kept, draws)
+        coefficients = [
+            client.submit(tasks.scaled_coefficients, part, basis=basis, pure=False)
+            for part in scaled
+        ]
         extremes = _tree_reduce(
             client,
             [
                 client.submit(
-                    tasks.file_extremes,
-                    plan.location,
-                    f,
-                    plan.by_file[f],
-                    eps=eps,
-                    basis=basis,
+                    tasks.coefficient_extremes,
+                    values,
+                    part,
                     rows={
                         lay["layer_id"]: wanted[lay["layer_id"]]
-                        for lay in plan.by_file[f]
+                        for lay in layers
                         if lay["layer_id"] in wanted
                     },
                     pure=False,
                 )
-                for f in files
+                for values, part, layers in zip(
+                    coefficients, scaled, plan.by_file.values(), strict=True
+                )
             ],
             partials.combine_extremes,
         )
+        spans = [client.submit(tasks.spans_of, part, pure=False) for part in scaled]
+        del scaled  # the scaled filters may go: the histograms need the coefficients only
         signs = partials.orientation_signs(basis.components, extremes)
         basis = partials.oriented(basis, signs)
         lo, hi = partials.coefficient_range(extremes, signs)
@@ -316,14 +320,20 @@ def _run(
         if bins is not None:
             counts = _tree_reduce(
                 client,
-                each_file(
-                    tasks.file_histograms,
-                    basis=basis,
-                    lo=lo,
-                    hi=hi,
-                    bins=bins,
-                    n_groups=len(plan.group_layers),
-                ),
+                [
+                    client.submit(
+                        tasks.coefficient_histograms,
+                        values,
+                        layout,
+                        signs=signs,
+                        lo=lo,
+                        hi=hi,
+                        bins=bins,
+                        n_groups=len(plan.group_layers),
+                        pure=False,
+                    )
+                    for values, layout in zip(coefficients, spans, strict=True)
+                ],
                 partials.combine_counts,
             )
     nulls = {}

@@ -7,6 +7,8 @@ lake and return small Arrow tables; the client alone writes the metric cache.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pyarrow as pa
 
@@ -76,63 +78,84 @@ def file_metrics(
 
 # --- group statistics (PCA, drift): partials of :mod:`filterdb.metrics.partials` ----------
 # Each layer dict holds ``layer_id``, ``n_filters``, ``max_abs`` (the layer max that
-# sparsity is judged against) and ``group`` (the index of the layer's group).
+# sparsity is judged against) and ``group`` (the index of the layer's group). A file is
+# read and scaled once (:func:`file_scaled`); the passes run on the result where it lies,
+# on the worker that made it, as local arrays would be reused.
 
 
-def _scaled_layers(location: str, file: str, layers: list[dict], eps: float) -> list[np.ndarray]:
-    """Each layer's scaled non-sparse filters, as the local path reads and scales them."""
+@dataclass(frozen=True)
+class ScaledFile:
+    """A lake file's scaled non-sparse filters, pooled in layer order, and where each
+    layer's rows are: ``spans`` holds (layer_id, group, start, stop)."""
+
+    filters: np.ndarray
+    spans: list[tuple[int, int, int, int]]
+
+    @property
+    def kept(self) -> dict[int, int]:
+        """Non-sparse filters per layer_id."""
+        return {layer: stop - start for layer, _, start, stop in self.spans}
+
+
+def file_scaled(location: str, file: str, layers: list[dict], *, eps: float) -> ScaledFile:
+    """Read ``layers`` of one lake file and keep their scaled non-sparse filters, each
+    layer scaled as the local path scales it (:func:`scale_non_sparse`)."""
     filters = read_layers(location, file, [(lay["layer_id"], lay["n_filters"]) for lay in layers])
-    return [scale_non_sparse(filters[lay["layer_id"]], lay["max_abs"], eps=eps) for lay in layers]
+    scaled = [
+        scale_non_sparse(filters.pop(lay["layer_id"]), lay["max_abs"], eps=eps) for lay in layers
+    ]
+    bounds = np.cumsum([0, *(len(rows) for rows in scaled)])
+    spans = [
+        (lay["layer_id"], lay["group"], int(bounds[i]), int(bounds[i + 1]))
+        for i, lay in enumerate(layers)
+    ]
+    pooled = np.concatenate(scaled) if scaled else np.empty((0, N_WEIGHTS))
+    return ScaledFile(pooled, spans)
 
 
-def _pooled(scaled: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(scaled) if scaled else np.empty((0, N_WEIGHTS))
+def scaled_moments(scaled: ScaledFile) -> partials.Moments:
+    """Pass 1: the file's :class:`~filterdb.metrics.partials.Moments`."""
+    return partials.moments_of(scaled.filters, kept=scaled.kept)
 
 
-def file_moments(location: str, file: str, layers: list[dict], *, eps: float) -> partials.Moments:
-    """Pass 1: the :class:`~filterdb.metrics.partials.Moments` of the file's layers."""
-    scaled = _scaled_layers(location, file, layers, eps)
-    kept = {lay["layer_id"]: len(rows) for lay, rows in zip(layers, scaled, strict=True)}
-    return partials.moments_of(_pooled(scaled), kept=kept)
+def scaled_coefficients(scaled: ScaledFile, *, basis: PCAResult) -> np.ndarray:
+    """The (n, 9) coefficients of the file's filters on ``basis`` (kept for passes 2-3)."""
+    return basis.coefficients(scaled.filters)
 
 
-def file_extremes(
-    location: str,
-    file: str,
-    layers: list[dict],
-    *,
-    eps: float,
-    basis: PCAResult,
-    rows: dict[int, np.ndarray],
+def coefficient_extremes(
+    coefficients: np.ndarray, scaled: ScaledFile, *, rows: dict[int, np.ndarray]
 ) -> partials.Extremes:
-    """Pass 2: coefficient extremes on ``basis``, and the scaled filters at ``rows``
-    (per layer_id, indices among its non-sparse filters) for the permutation nulls."""
-    scaled = _scaled_layers(location, file, layers, eps)
+    """Pass 2: coefficient extremes, and the scaled filters at ``rows`` (per layer_id,
+    indices among its non-sparse filters) that the permutation nulls use."""
     gathered = {
-        lay["layer_id"]: layer[rows[lay["layer_id"]]]
-        for lay, layer in zip(layers, scaled, strict=True)
-        if lay["layer_id"] in rows
+        layer: scaled.filters[start + rows[layer]]
+        for layer, _, start, _ in scaled.spans
+        if layer in rows
     }
-    return partials.extremes_of(basis.coefficients(_pooled(scaled)), gathered)
+    return partials.extremes_of(coefficients, gathered)
 
 
-def file_histograms(
-    location: str,
-    file: str,
-    layers: list[dict],
+def coefficient_histograms(
+    coefficients: np.ndarray,
+    spans: list[tuple[int, int, int, int]],
     *,
-    eps: float,
-    basis: PCAResult,
+    signs: np.ndarray,
     lo: float,
     hi: float,
     bins: int,
     n_groups: int,
 ) -> np.ndarray:
-    """Pass 3: (n_groups, 9, bins) histogram counts of each group's coefficients."""
+    """Pass 3: (n_groups, 9, bins) histogram counts of each group's coefficients on the
+    oriented basis: the coefficients times ``signs``, as the local path flips them."""
     counts = np.zeros((n_groups, N_WEIGHTS, bins), dtype=np.int64)
-    scaled = _scaled_layers(location, file, layers, eps)
-    for group in sorted({lay["group"] for lay in layers}):
-        mine = [rows for lay, rows in zip(layers, scaled, strict=True) if lay["group"] == group]
-        coefficients = basis.coefficients(_pooled(mine))
-        counts[group] = partials.histogram_counts(coefficients, lo=lo, hi=hi, bins=bins)
+    for group in sorted({group for _, group, _, _ in spans}):
+        mine = [coefficients[start:stop] for _, g, start, stop in spans if g == group]
+        oriented = np.concatenate(mine) * signs
+        counts[group] = partials.histogram_counts(oriented, lo=lo, hi=hi, bins=bins)
     return counts
+
+
+def spans_of(scaled: ScaledFile) -> list[tuple[int, int, int, int]]:
+    """The file's layer spans (small: what the histogram pass needs of the scaled file)."""
+    return scaled.spans
