@@ -306,7 +306,9 @@ def manifest(
     *,
     run: RunOptions,
 ) -> None:
-    """Store many models from one manifest, in one process; unchanged rows are skipped.
+    """Store many models from one manifest; unchanged rows are skipped.
+
+    With --engine dask... the workers hash, read and extract; this process writes.
 
     A failed row is reported and the rest go on; the exit status is 1 when any row failed.
     Each model is stored whole or not at all, so after a crash a rerun finishes the job.
