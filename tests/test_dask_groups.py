@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 from test_cli_foundation import assert_one_line_error
@@ -193,3 +194,21 @@ def test_a_single_partial_is_the_local_fit_bit_for_bit():
     np.testing.assert_array_equal(oriented.explained_variance, local.explained_variance)
     with pytest.raises(NoPCA, match="identical"):
         require_fittable(10, finite=True, identical=True)
+
+
+def test_the_report_takes_an_engine(stored_lake, cluster, tmp_path):
+    (url, lake), (_, engine) = stored_lake, cluster
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("Robust,Normal\nrobust-a,normal-a\n")
+    command = ["--db", url, "report", "robust-vs-normal", "--pairs", str(pairs)]
+    out = tmp_path / "report"
+    done = runner.invoke(
+        app, [*command, "--out", str(out), "--engine", engine, "--lake", str(lake), "-q"]
+    )
+    assert done.exit_code == 0, done.output
+    on_dask = pl.read_csv(out / "drift_by_depth.csv")
+    local = drift_by_depth(PAIRING, url=url)
+    assert on_dask["depth_bin"].to_list() == local["depth_bin"].to_list()
+    # The CSV holds round-trip floats (SPEC section 5).
+    assert_close(local["drift"].to_numpy(), on_dask["drift"].to_numpy())
+    assert_close(local["p_value"].to_numpy(), on_dask["p_value"].to_numpy())
