@@ -161,9 +161,9 @@ def main() -> None:
                 f"  {work:8s}{name:18s}{len(seconds):5d}{sum(seconds):9.2f}"
                 f"{np.mean(seconds):9.3f}{max(seconds):9.3f}"
             )
-        files = [k for k in kinds if k.startswith("file_")]
         combines = [k for k in kinds if k.startswith("combine")]
-        per_filter = sum(sum(kinds[k]) for k in files) / n_filters
+        per_file = [k for k in kinds if k not in combines]
+        per_filter = sum(sum(kinds[k]) for k in per_file) / n_filters
         reduce_step = sum(max(kinds[k]) for k in combines)
         fixed = idle + steps * reduce_step
         projection = ", ".join(
