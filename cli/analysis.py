@@ -10,7 +10,13 @@ import polars as pl
 import typer
 
 from filterdb.analysis.groups import GROUPING_COLUMNS
-from filterdb.cli.options import FormatOption, MixedFormsOption, database_url
+from filterdb.cli.options import (
+    EngineOption,
+    FormatOption,
+    LakeOption,
+    MixedFormsOption,
+    database_url,
+)
 from filterdb.cli.output import OutputFormat, emit_frame, err_console, one_line_errors
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
 
@@ -38,13 +44,17 @@ def pca(
     eps: EpsOption = DEFAULT_SPARSITY_EPS,
     fmt: FormatOption = OutputFormat.table,
     out: OutDirOption = None,
+    engine: EngineOption = None,
+    lake: LakeOption = None,
 ) -> None:
     """PCA eigen-filters of a group: components, explained variance, cumulative ratio."""
     from filterdb.analysis import pca_drift as analysis
     from filterdb.reports import pca_drift as pca_drift_files
 
     with one_line_errors():
-        result = analysis.pca_group(url=database_url(context), group=group, eps=eps)
+        result = analysis.pca_group(
+            url=database_url(context), group=group, eps=eps, engine=engine, lake=lake
+        )
         written = pca_drift_files.write_pca(result, out) if out else []
     title = f"PCA of {group}: {result.n_filters:,} non-sparse filters"
     _emit(analysis.pca_frame(result), analysis.pca_json(result), fmt, title=title)
@@ -59,6 +69,8 @@ def drift(
     fmt: FormatOption = OutputFormat.table,
     out: OutDirOption = None,
     mixed_forms: MixedFormsOption = False,
+    engine: EngineOption = None,
+    lake: LakeOption = None,
 ) -> None:
     """KL drift between every two groups, on one basis fitted on their union, each value
     beside its seeded permutation null (drift_null.csv with --out)."""
@@ -66,7 +78,14 @@ def drift(
     from filterdb.reports import pca_drift as pca_drift_files
 
     with one_line_errors():
-        result = analysis.drift(url=database_url(context), by=by, eps=eps, mixed_forms=mixed_forms)
+        result = analysis.drift(
+            url=database_url(context),
+            by=by,
+            eps=eps,
+            mixed_forms=mixed_forms,
+            engine=engine,
+            lake=lake,
+        )
         title = f"KL drift by {by} (weights {result.weights_form})"
         written = pca_drift_files.write_drift(result, out, title=title) if out else []
     frame = analysis.drift_frame(result)

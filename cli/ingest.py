@@ -59,6 +59,15 @@ NonfiniteOption = Annotated[
     bool, typer.Option("--allow-nonfinite", help="Store NaN/Inf weights instead of refusing.")
 ]
 QuietOption = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+EngineOption = Annotated[
+    str | None,
+    typer.Option(
+        "--engine",
+        envvar="FILTERDB_ENGINE",
+        help="Where to hash, read and extract: local (default), dask-local[:N] or "
+        "dask://HOST:PORT (the workers must reach the checkpoints); this process writes.",
+    ),
+]
 NameOption = Annotated[
     str | None, typer.Option(help="Model name (default: the file name without its suffix).")
 ]
@@ -90,13 +99,14 @@ FoldOption = Annotated[
 
 @dataclass(frozen=True)
 class RunOptions:
-    """How an ingest runs, given by the same five options on every ingest command."""
+    """How an ingest runs, given by the same options on every ingest command."""
 
     device: Device
     force: bool
     allow_nonfinite: bool
     quiet: bool
     metrics: bool = False
+    engine: str | None = None
 
     def metrics_hook(self) -> IngestMetrics | None:
         """What computes ``--metrics`` (None without it); loads the metrics only then."""
@@ -155,6 +165,7 @@ run_options = option_block(
         "allow_nonfinite": (NonfiniteOption, False),
         "quiet": (QuietOption, False),
         "metrics": (MetricsOption, False),
+        "engine": (EngineOption, None),
     },
 )
 
@@ -318,7 +329,9 @@ def manifest(
     *,
     run: RunOptions,
 ) -> None:
-    """Store many models from one manifest, in one process; unchanged rows are skipped.
+    """Store many models from one manifest; unchanged rows are skipped.
+
+    With --engine dask... the workers hash, read and extract; this process writes.
 
     A failed row is reported and the rest go on; the exit status is 1 when any row failed.
     Each model is stored whole or not at all, so after a crash a rerun finishes the job.
@@ -337,6 +350,7 @@ def manifest(
             allow_nonfinite=run.allow_nonfinite,
             on_progress=on_progress,
             metrics=run.metrics_hook(),
+            engine=run.engine,
         )
     counts: dict[str, int] = {}
     for result in run.results:
@@ -399,6 +413,7 @@ def run_ingest(
             allow_nonfinite=run.allow_nonfinite,
             on_progress=on_progress,
             metrics=run.metrics_hook(),
+            engine=run.engine,
         )
     for result in results:
         console.print(summary_line(result))

@@ -8,7 +8,14 @@ from typing import Annotated
 
 import typer
 
-from filterdb.cli.options import FormatOption, MixedFormsOption, OutputOption, database_url
+from filterdb.cli.options import (
+    EngineOption,
+    FormatOption,
+    LakeOption,
+    MixedFormsOption,
+    OutputOption,
+    database_url,
+)
 from filterdb.cli.output import (
     OutputFormat,
     console,
@@ -58,6 +65,8 @@ def robust_vs_normal(
     ] = None,
     mixed_forms: MixedFormsOption = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    engine: EngineOption = None,
+    lake: LakeOption = None,
 ) -> None:
     """Robust vs normal models per metric and depth bin: tests, box plots, drift, HTML."""
     from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
@@ -71,6 +80,8 @@ def robust_vs_normal(
             weights_form=weights_form.value if weights_form else None,
             mixed_forms=mixed_forms,
             on_progress=on_progress,
+            engine=engine,
+            lake=lake,
         )
     pairing = result.pairing
     console.print(

@@ -242,9 +242,16 @@ class FilterDB:
         )
 
     def ingest_manifest(
-        self, path: Path, *, device: str = "auto", force: bool = False, metrics: bool = False
+        self,
+        path: Path,
+        *,
+        device: str = "auto",
+        force: bool = False,
+        metrics: bool = False,
+        engine: str | None = None,
     ) -> ManifestRun:
-        """Store every model a CSV or Parquet manifest lists; failed rows are collected."""
+        """Store every model a CSV or Parquet manifest lists; failed rows are collected
+        (``engine``: where the checkpoints are read; this process writes)."""
         from filterdb.ingest.manifest import ingest_manifest
 
         return ingest_manifest(
@@ -253,6 +260,7 @@ class FilterDB:
             device=device,
             force=force,
             metrics=_ingest_metrics(metrics, device),
+            engine=engine,
         )
 
     def sync_leaderboard(self, model_info: str | Path) -> SyncResult:
@@ -355,20 +363,36 @@ class FilterDB:
 
     # --- analysis and reports ----------------------------------------------------------------
 
-    def pca(self, group: str, *, eps: float = DEFAULT_SPARSITY_EPS) -> GroupPCA:
-        """PCA eigen-filters of a group: all, robust, normal, model=NAME, depth=BIN, ..."""
+    def pca(
+        self,
+        group: str,
+        *,
+        eps: float = DEFAULT_SPARSITY_EPS,
+        engine: str | None = None,
+        lake: str | None = None,
+    ) -> GroupPCA:
+        """PCA eigen-filters of a group: all, robust, normal, model=NAME, depth=BIN, ...
+        (``engine``: where)."""
         from filterdb.analysis import pca_drift
 
-        return pca_drift.pca_group(url=self.url, group=group, eps=eps)
+        return pca_drift.pca_group(url=self.url, group=group, eps=eps, engine=engine, lake=lake)
 
     def drift(
-        self, by: str, *, eps: float = DEFAULT_SPARSITY_EPS, mixed_forms: bool = False
+        self,
+        by: str,
+        *,
+        eps: float = DEFAULT_SPARSITY_EPS,
+        mixed_forms: bool = False,
+        engine: str | None = None,
+        lake: str | None = None,
     ) -> DriftMatrix:
         """KL drift matrix between groups: depth, training_type, architecture, model, ...;
-        each cell beside its permutation null (``nulls``)."""
+        each cell beside its permutation null (``nulls``; ``engine``: where)."""
         from filterdb.analysis import pca_drift
 
-        return pca_drift.drift(url=self.url, by=by, eps=eps, mixed_forms=mixed_forms)
+        return pca_drift.drift(
+            url=self.url, by=by, eps=eps, mixed_forms=mixed_forms, engine=engine, lake=lake
+        )
 
     def report_robust_vs_normal(
         self,
@@ -378,8 +402,11 @@ class FilterDB:
         pairs_file: Path | None = None,
         weights_form: str | None = None,
         mixed_forms: bool = False,
+        engine: str | None = None,
+        lake: str | None = None,
     ) -> ReportResult:
-        """Write the robust-vs-normal report (tables, plots, HTML) into ``out_dir``."""
+        """Write the robust-vs-normal report (tables, plots, HTML) into ``out_dir``
+        (``engine``: where the metrics and the drift series are computed)."""
         from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 
         return write_robust_vs_normal_report(
@@ -389,6 +416,8 @@ class FilterDB:
             pairs_file=pairs_file,
             weights_form=weights_form,
             mixed_forms=mixed_forms,
+            engine=engine,
+            lake=lake,
         )
 
     def compare(

@@ -117,3 +117,18 @@ def duckdb_lock_holder():
     for holder in holders:
         holder.kill()
         holder.wait()
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    """A LocalCluster of 2 worker processes on 127.0.0.1, one per test session (it takes
+    about a second to start); yields it and its engine spec ``dask://127.0.0.1:PORT``."""
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+    ) as local:
+        yield local, "dask://" + local.scheduler_address.removeprefix("tcp://")

@@ -37,19 +37,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A LocalCluster of 2 worker processes on 127.0.0.1; yields its engine spec."""
-    with distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=1,
-        processes=True,
-        host="127.0.0.1",
-        dashboard_address=None,
-    ) as local:
-        yield local, "dask://" + local.scheduler_address.removeprefix("tcp://")
-
-
 def store_with_a_large_layer(url: str, folder: Path) -> None:
     """The two small trained models and one whose layer is big enough for torch threads."""
     store(url, folder)

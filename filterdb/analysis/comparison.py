@@ -13,6 +13,7 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -22,6 +23,7 @@ from filterdb.analysis.groups import scaled_filters_by, stored_layers
 from filterdb.analysis.pairing import Pairing
 from filterdb.errors import NoPCA
 from filterdb.metrics.drift import NULL_SEED, drift_series
+from filterdb.metrics.engine import parse_engine
 from filterdb.metrics.pca import N_WEIGHTS
 from filterdb.metrics.registry import POOLED_METRICS
 
@@ -309,7 +311,12 @@ def role_values(profile: pl.DataFrame, pairing: Pairing) -> pl.DataFrame:
 
 
 def drift_by_depth(
-    pairing: Pairing, *, url: str | None = None, seed: int = NULL_SEED
+    pairing: Pairing,
+    *,
+    url: str | None = None,
+    seed: int = NULL_SEED,
+    engine: str | None = None,
+    lake: str | Path | None = None,
 ) -> pl.DataFrame:
     """The paper's drift series: pooled robust vs pooled normal filters per depth bin.
 
@@ -322,6 +329,11 @@ def drift_by_depth(
     one distribution drift this much), and note. Drift and the null are NaN, and note
     says why, where a side has no non-sparse filter or where the union is too small for
     a PCA; note also says where the null came from a subsample.
+
+    On a Dask ``engine`` (:func:`filterdb.metrics.engine.parse_engine`) the series comes
+    from per-file partials of the lake at ``lake``
+    (:func:`filterdb.metrics.dask_groups.drift_series_on_engine`): equal to the local one
+    to about 1e-15 relative, each null computed on the client from the rows it draws.
     """
     role = dict.fromkeys(pairing.robust_models, "robust") | dict.fromkeys(
         pairing.normal_models, "normal"
@@ -330,19 +342,39 @@ def drift_by_depth(
     layers = layers.with_columns(
         (pl.col("model_name").replace_strict(role) + "|" + pl.col("depth_bin")).alias("group")
     )
-    filters = scaled_filters_by(layers, "group", url=url)
     bins = layers.select("depth_bin_index", "depth_bin").unique().sort("depth_bin_index")
-    empty = np.empty((0, N_WEIGHTS))
-    sides = {
-        label: tuple(filters.get(f"{side}|{label}", empty) for side in ROLES)
-        for label in bins["depth_bin"]
-    }
+    labels = bins["depth_bin"].to_list()
+    names = {label: tuple(f"{side}|{label}" for side in ROLES) for label in labels}
     try:
-        series = drift_series(sides, seed=seed)
+        if parse_engine(engine).is_local:
+            filters = scaled_filters_by(layers, "group", url=url)
+            empty = np.empty((0, N_WEIGHTS))
+            sides = {label: tuple(filters.get(n, empty) for n in names[label]) for label in labels}
+            sizes = {
+                n: len(group)
+                for label in labels
+                for n, group in zip(names[label], sides[label], strict=True)
+            }
+            series = drift_series(sides, seed=seed)
+        else:
+            from filterdb.metrics.dask_groups import drift_series_on_engine
+
+            series, sizes = drift_series_on_engine(
+                layers,
+                layers["group"].to_list(),
+                names,
+                url=url,
+                engine=engine,
+                lake=lake,
+                seed=seed,
+            )
         values, nulls, reason = series.values, series.nulls, "a side has no non-sparse filter"
     except NoPCA as error:
+        if not parse_engine(engine).is_local:
+            sizes = dict(
+                zip([n for pair in names.values() for n in pair], error.group_sizes, strict=True)
+            )
         values, nulls, reason = {}, {}, str(error)
-    labels = bins["depth_bin"].to_list()
 
     def null_column(name: str, attribute: str, dtype: pl.DataType) -> pl.Series:
         missing = None if dtype == pl.Boolean else math.nan
@@ -365,8 +397,8 @@ def drift_by_depth(
 
     return bins.with_columns(
         pl.Series("drift", [values.get(b, math.nan) for b in labels], pl.Float64),
-        pl.Series("n_robust_filters", [len(sides[b][0]) for b in labels], pl.Int64),
-        pl.Series("n_normal_filters", [len(sides[b][1]) for b in labels], pl.Int64),
+        pl.Series("n_robust_filters", [sizes[names[b][0]] for b in labels], pl.Int64),
+        pl.Series("n_normal_filters", [sizes[names[b][1]] for b in labels], pl.Int64),
         null_column("null_median", "median", pl.Float64),
         null_column("null_low", "low", pl.Float64),
         null_column("null_high", "high", pl.Float64),

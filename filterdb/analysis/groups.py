@@ -113,11 +113,16 @@ def scaled_filters_by(
 
     Each layer is read once, whatever the number of groups.
     """
-    keys = layers[column].cast(pl.String).fill_null("unknown").to_list()
+    keys = group_keys(layers, column)
     pooled: dict[str, list[np.ndarray]] = {}
     for key, filters in zip(keys, _scaled_per_layer(layers, url=url, eps=eps), strict=True):
         pooled.setdefault(key, []).append(filters)
     return {key: np.concatenate(parts) for key, parts in pooled.items()}
+
+
+def group_keys(layers: pl.DataFrame, column: str) -> list[str]:
+    """Each layer's group: its value of ``column`` as text, NULL as "unknown"."""
+    return layers[column].cast(pl.String).fill_null("unknown").to_list()
 
 
 def _scaled_per_layer(layers: pl.DataFrame, *, url: str | None, eps: float) -> Iterable[np.ndarray]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -19,6 +20,7 @@ import polars as pl
 from filterdb.analysis.groups import (
     GROUPING_COLUMNS,
     compared_weights_form,
+    group_keys,
     scaled_filters,
     scaled_filters_by,
     select_layers,
@@ -26,6 +28,7 @@ from filterdb.analysis.groups import (
 )
 from filterdb.errors import FilterdbError, NoPCA
 from filterdb.metrics.drift import NOISE_LEVEL, NULL_SEED, DriftMatrix, drift_matrix
+from filterdb.metrics.engine import parse_engine
 from filterdb.metrics.layer import require_eps
 from filterdb.metrics.pca import N_WEIGHTS, PCAResult, fit_pca
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
@@ -73,7 +76,14 @@ class GroupPCA:
         return self.basis.n_filters
 
 
-def pca_group(*, url: str | None = None, group: str, eps: float = DEFAULT_SPARSITY_EPS) -> GroupPCA:
+def pca_group(
+    *,
+    url: str | None = None,
+    group: str,
+    eps: float = DEFAULT_SPARSITY_EPS,
+    engine: str | None = None,
+    lake: str | Path | None = None,
+) -> GroupPCA:
     """PCA eigen-filters of ``group`` (SPEC section 5, "PCA eigen-filters").
 
     Parameters
@@ -86,6 +96,13 @@ def pca_group(*, url: str | None = None, group: str, eps: float = DEFAULT_SPARSI
     eps : float
         Sparsity threshold: a filter whose largest |weight| is at most ``eps`` times its
         layer max is dropped.
+    engine : str, optional
+        ``local`` (default: ``$FILTERDB_ENGINE``, else local), ``dask-local[:N]`` or
+        ``dask://HOST:PORT``: on Dask, the workers add up per-file partials of the lake
+        at ``lake`` (:mod:`filterdb.metrics.dask_groups`); the result equals the local one
+        to about 1e-15 relative.
+    lake : str or Path, optional
+        The lake a Dask engine reads (:func:`filterdb.metrics.cache.default_lake`).
 
     Raises
     ------
@@ -98,9 +115,13 @@ def pca_group(*, url: str | None = None, group: str, eps: float = DEFAULT_SPARSI
     """
     require_eps(eps)
     layers = select_layers(stored_layers(url=url), group)
-    scaled = scaled_filters(layers, url=url, eps=eps)
     try:
-        basis = fit_pca(scaled)
+        if parse_engine(engine).is_local:
+            basis = fit_pca(scaled_filters(layers, url=url, eps=eps))
+        else:
+            from filterdb.metrics.dask_groups import pca_on_engine
+
+            basis = pca_on_engine(layers, url=url, engine=engine, lake=lake, eps=eps)
     except NoPCA as error:
         raise NoPCA(f"group {group}: {error}") from None
     return GroupPCA(group=group, eps=eps, basis=basis)
@@ -113,6 +134,8 @@ def drift(
     eps: float = DEFAULT_SPARSITY_EPS,
     mixed_forms: bool = False,
     seed: int = NULL_SEED,
+    engine: str | None = None,
+    lake: str | Path | None = None,
 ) -> DriftMatrix:
     """KL drift between the groups of every stored filter split ``by`` one column.
 
@@ -132,6 +155,8 @@ def drift(
         depth, training_type, training_dataset, architecture or model.
     eps : float
         Sparsity threshold, as in :func:`pca_group`.
+    engine, lake : str, optional
+        Where to compute, as in :func:`pca_group`.
 
     Raises
     ------
@@ -151,11 +176,26 @@ def drift(
         raise FilterdbError("the database holds no layers; ingest models first (`filterdb ingest`)")
     forms = dict(layers.select("model_name", "weights_form").unique().iter_rows())
     form = compared_weights_form(forms, mixed_forms=mixed_forms, what=f"drift by {by}")
-    groups = scaled_filters_by(layers, GROUPING_COLUMNS[by], url=url, eps=eps)
     try:
-        result = drift_matrix(
-            {name: groups[name] for name in ordered_groups(by, groups)}, seed=seed
-        )
+        if parse_engine(engine).is_local:
+            groups = scaled_filters_by(layers, GROUPING_COLUMNS[by], url=url, eps=eps)
+            result = drift_matrix(
+                {name: groups[name] for name in ordered_groups(by, groups)}, seed=seed
+            )
+        else:
+            from filterdb.metrics.dask_groups import drift_matrix_on_engine
+
+            keys = group_keys(layers, GROUPING_COLUMNS[by])
+            result = drift_matrix_on_engine(
+                layers,
+                keys,
+                ordered_groups(by, set(keys)),
+                url=url,
+                engine=engine,
+                lake=lake,
+                eps=eps,
+                seed=seed,
+            )
     except NoPCA as error:
         raise NoPCA(f"drift by {by}: {error}") from None
     return replace(result, weights_form=form)

@@ -1,4 +1,4 @@
-"""A population of models from one manifest (CSV or Parquet), ingested in one process.
+"""A population of models from one manifest (CSV or Parquet), written by one process.
 
 One row per model: ``name``, ``path`` and any metadata column that ``ingest checkpoint``
 takes. ``path`` is a checkpoint (a torch or safetensors file, a sharded safetensors index
@@ -14,7 +14,6 @@ ingests the rest, ending where an uninterrupted run ends.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import math
 from collections.abc import Callable, Iterator
@@ -22,20 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from sqlalchemy.engine import Engine
 
 from filterdb.errors import FilterdbError, SourceError
-from filterdb.ingest.pipeline import (
-    IngestEvent,
-    IngestResult,
-    MetricsHook,
-    ProgressCallback,
-    ingest,
-)
+from filterdb.ingest.pipeline import IngestResult, MetricsHook, ProgressCallback, ingest_all
 from filterdb.ingest.sources.base import Candidate
 from filterdb.ingest.sources.leaderboard import parse_eps
-from filterdb.warehouse.database import backend_name, engine_for
-from filterdb.warehouse.migrate import require_head
 from filterdb.warehouse.records import TrainingInfo
 
 REQUIRED_COLUMNS = ("name", "path")
@@ -206,21 +196,6 @@ def _number(row: dict[str, str | None], column: str) -> float | None:
         raise SourceError(f"{column} {value!r} is not a number; write percent, e.g. 89.5") from None
 
 
-@contextlib.contextmanager
-def _kept_open(engine: Engine) -> Iterator[None]:
-    """Hold one idle DuckDB connection for the run.
-
-    The engine opens the file anew for each connection (NullPool, to release the lock);
-    while a connection is open DuckDB hands later ones the same database instance, and a
-    connect costs 0.6 ms instead of 63 ms (measured here, 2026-12-01), three per model.
-    """
-    if backend_name(engine) != "duckdb":
-        yield
-        return
-    with engine.connect():
-        yield
-
-
 def ingest_manifest(
     path: Path,
     *,
@@ -231,41 +206,40 @@ def ingest_manifest(
     on_progress: ProgressCallback | None = None,
     on_start: Callable[[int], None] | None = None,
     metrics: MetricsHook | None = None,
+    engine: str | None = None,
 ) -> ManifestRun:
     """Ingest every model of the manifest at ``path``; a failed row does not stop the rest.
 
-    ``metrics`` caches every layer metric while the weights are in memory
-    (:func:`filterdb.ingest.pipeline.ingest`).
-
-    ``on_start`` gets the number of rows before the first model. Raises
-    :class:`ManifestError` when the manifest itself is unusable (nothing is ingested then).
+    ``on_start`` gets the number of rows before the first model. ``metrics`` caches every
+    layer metric while the weights are in memory (:func:`filterdb.ingest.pipeline.ingest`).
+    ``engine`` says where
+    the checkpoints are read and extracted (:func:`filterdb.ingest.pipeline.ingest_all`):
+    on Dask the workers must reach the manifest's paths. Raises :class:`ManifestError`
+    when the manifest itself is unusable (nothing is ingested then).
     """
     rows = read_manifest(path)
     if on_start is not None:
         on_start(len(rows))
-    report = on_progress or (lambda event: None)
-    run = ManifestRun(results=[], failures=[])
-    with engine_for(url) as engine, _kept_open(engine):
-        require_head(engine)
-        for row in rows:
-            try:
-                candidate = row_candidate(row, base=path.parent)
-            except FilterdbError as error:  # its files are missing, its metadata wrong, ...
-                run.failures.append((row["name"], error))
-                report(IngestEvent(row["name"], "failed", 1.0))
-                continue
-            try:
-                run.results.append(
-                    ingest(
-                        candidate,
-                        engine=engine,
-                        device=device,
-                        force=force,
-                        allow_nonfinite=allow_nonfinite,
-                        on_progress=on_progress,
-                        metrics=metrics,
-                    )
-                )
-            except FilterdbError as error:  # ingest reported and logged it
-                run.failures.append((row["name"], error))
-    return run
+    results, failures = ingest_all(
+        _row_candidates(rows, base=path.parent),
+        url=url,
+        device=device,
+        force=force,
+        allow_nonfinite=allow_nonfinite,
+        on_progress=on_progress,
+        metrics=metrics,
+        engine=engine,
+    )
+    return ManifestRun(results=results, failures=failures)
+
+
+def _row_candidates(
+    rows: list[dict[str, str | None]], *, base: Path
+) -> Iterator[Candidate | tuple[str, FilterdbError]]:
+    """Each row's Candidate, or (name, error) when the row cannot become one (its files
+    are missing, its metadata wrong, ...)."""
+    for row in rows:
+        try:
+            yield row_candidate(row, base=base)
+        except FilterdbError as error:
+            yield row["name"], error

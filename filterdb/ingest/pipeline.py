@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
@@ -25,7 +25,7 @@ from filterdb.errors import FilterdbError, ModelConflict
 from filterdb.ingest.extract import extract
 from filterdb.ingest.sources.base import Candidate, check_weights_fit_files, files_sha256
 from filterdb.warehouse import schema
-from filterdb.warehouse.database import engine_for
+from filterdb.warehouse.database import backend_name, engine_for
 from filterdb.warehouse.migrate import require_head
 from filterdb.warehouse.records import ExtractedModel
 from filterdb.warehouse.write import delete_model, utc_now, write_model
@@ -146,7 +146,7 @@ def ingest(
 
 
 def ingest_all(
-    candidates: Iterable[Candidate],
+    candidates: Iterable[Candidate | tuple[str, FilterdbError]],
     *,
     url: str | None = None,
     device: str | torch.device = "auto",
@@ -154,19 +154,48 @@ def ingest_all(
     allow_nonfinite: bool = False,
     on_progress: ProgressCallback | None = None,
     metrics: MetricsHook | None = None,
+    engine: str | None = None,
 ) -> tuple[list[IngestResult], list[tuple[str, FilterdbError]]]:
     """Ingest each candidate in turn; a failure is collected and the next model goes on.
 
-    Returns the results and the ``(model name, error)`` pairs of the failures.
+    ``candidates`` may hold ``(model name, error)`` pairs for models that failed before
+    they became candidates (a manifest row whose files are missing, say): they are
+    reported as failed and collected. Returns the results, in input order, and the
+    ``(model name, error)`` pairs of the failures.
+
+    ``engine`` (``local``, ``dask-local[:N]``, ``dask://HOST:PORT``; default
+    ``$FILTERDB_ENGINE``, else local) says where the checkpoints are hashed, read and
+    extracted: on a Dask engine the workers do it (the paths must be reachable from them,
+    :func:`filterdb.ingest.fanout.ingest_on_dask`), and this process alone writes the
+    database, one transaction per model, in input order, as a local run does.
     """
+    from filterdb.ingest.fanout import ingest_on_dask, is_local
+
+    if not is_local(engine):
+        return ingest_on_dask(
+            candidates,
+            url=url,
+            engine=engine,
+            device=device,
+            force=force,
+            allow_nonfinite=allow_nonfinite,
+            on_progress=on_progress,
+            metrics=metrics,
+        )
+    report = on_progress or (lambda event: None)
     results, failures = [], []
-    with engine_for(url) as engine:
+    with engine_for(url) as database, kept_open(database):
+        require_head(database)
         for candidate in candidates:
+            if isinstance(candidate, tuple):
+                failures.append(candidate)
+                report(IngestEvent(candidate[0], "failed", 1.0))
+                continue
             try:
                 results.append(
                     ingest(
                         candidate,
-                        engine=engine,
+                        engine=database,
                         device=device,
                         force=force,
                         allow_nonfinite=allow_nonfinite,
@@ -174,9 +203,24 @@ def ingest_all(
                         metrics=metrics,
                     )
                 )
-            except FilterdbError as error:
+            except FilterdbError as error:  # ingest reported and logged it
                 failures.append((candidate.name, error))
     return results, failures
+
+
+@contextlib.contextmanager
+def kept_open(engine: Engine) -> Iterator[None]:
+    """Hold one idle DuckDB connection for a run of many models.
+
+    The engine opens the file anew for each connection (NullPool, to release the lock);
+    while a connection is open DuckDB hands later ones the same database instance, and a
+    connect costs 0.6 ms instead of 63 ms (measured here, 2026-12-01), three per model.
+    """
+    if backend_name(engine) != "duckdb":
+        yield
+        return
+    with engine.connect():
+        yield
 
 
 def _stored_identity(connection: Connection, name: str) -> tuple[int, str, str] | None:

@@ -165,39 +165,16 @@ def fit_pca_with_coefficients(scaled: np.ndarray) -> tuple[PCAResult, np.ndarray
     """
     scaled = as_filters(scaled)
     n = len(scaled)
-    if n < N_WEIGHTS:
-        raise NoPCA(
-            f"no PCA: the group has {n} non-sparse filters and a PCA needs at least "
-            f"{N_WEIGHTS}; pool a larger group"
-        )
-    if not np.isfinite(scaled).all():
-        raise NoPCA(
-            "no PCA: the group's filters hold NaN or infinite weights; re-ingest a clean model"
-        )
     # Identical rows are zero variance exactly; their float mean need not equal the row.
     # A few rows decide nearly every group; only a group that starts with equal rows
     # pays for the full comparison.
-    if (scaled[:N_WEIGHTS] == scaled[0]).all() and (scaled == scaled[0]).all():
-        raise NoPCA(
-            f"no PCA: all {n} non-sparse filters of the group are identical (zero total variance)"
-        )
+    identical = n > 0 and bool(
+        (scaled[:N_WEIGHTS] == scaled[0]).all() and (scaled == scaled[0]).all()
+    )
+    require_fittable(n, finite=bool(np.isfinite(scaled).all()), identical=identical)
     mean = scaled.mean(axis=0)
     centred = scaled - mean
-    covariance = centred.T @ centred / (n - 1)
-    eigenvalues, eigenvectors = np.linalg.eigh(covariance)  # ascending
-    # A covariance matrix is positive semi-definite; eigh may return -1e-17 for a zero.
-    explained_variance = np.clip(eigenvalues[::-1], 0.0, None)
-    total = explained_variance.sum()
-    if total == 0.0:  # differences so small that their squares underflow
-        raise NoPCA(f"no PCA: the {n} non-sparse filters of the group have zero total variance")
-    basis = PCAResult(
-        mean=mean,
-        components=np.ascontiguousarray(eigenvectors[:, ::-1].T),
-        explained_variance=explained_variance,
-        ratio=explained_variance / total,
-        cumulative=np.cumsum(explained_variance / total),
-        n_filters=n,
-    )
+    basis = unoriented_basis(mean, centred.T @ centred, n)
     coefficients = basis.coefficients(scaled)
     signs = _orientation(basis.components, coefficients)
     oriented = PCAResult(
@@ -210,6 +187,52 @@ def fit_pca_with_coefficients(scaled: np.ndarray) -> tuple[PCAResult, np.ndarray
     )
     coefficients *= signs
     return oriented, coefficients
+
+
+def require_fittable(n: int, *, finite: bool, identical: bool) -> None:
+    """Raise :class:`NoPCA` for fewer than 9 filters, non-finite weights or identical ones
+    (``identical``: every filter equals the first), checked in that order."""
+    if n < N_WEIGHTS:
+        raise NoPCA(
+            f"no PCA: the group has {n} non-sparse filters and a PCA needs at least "
+            f"{N_WEIGHTS}; pool a larger group"
+        )
+    if not finite:
+        raise NoPCA(
+            "no PCA: the group's filters hold NaN or infinite weights; re-ingest a clean model"
+        )
+    if identical:
+        raise NoPCA(
+            f"no PCA: all {n} non-sparse filters of the group are identical (zero total variance)"
+        )
+
+
+def unoriented_basis(mean: np.ndarray, scatter: np.ndarray, n: int) -> PCAResult:
+    """The eigen-decomposition step of :func:`fit_pca`, before the sign rule.
+
+    ``scatter`` is the (9, 9) sum of outer products of the centred filters, so the
+    covariance is ``scatter / (n - 1)``; a distributed engine adds it up from per-file
+    partials (:mod:`filterdb.metrics.partials`) and calls this on the client.
+
+    Raises
+    ------
+    NoPCA
+        Zero total variance.
+    """
+    eigenvalues, eigenvectors = np.linalg.eigh(scatter / (n - 1))  # ascending
+    # A covariance matrix is positive semi-definite; eigh may return -1e-17 for a zero.
+    explained_variance = np.clip(eigenvalues[::-1], 0.0, None)
+    total = explained_variance.sum()
+    if total == 0.0:  # differences so small that their squares underflow
+        raise NoPCA(f"no PCA: the {n} non-sparse filters of the group have zero total variance")
+    return PCAResult(
+        mean=mean,
+        components=np.ascontiguousarray(eigenvectors[:, ::-1].T),
+        explained_variance=explained_variance,
+        ratio=explained_variance / total,
+        cumulative=np.cumsum(explained_variance / total),
+        n_filters=n,
+    )
 
 
 def _orientation(components: np.ndarray, coefficients: np.ndarray) -> np.ndarray:

@@ -107,6 +107,8 @@ def write_robust_vs_normal_report(
     weights_form: str | None = None,
     mixed_forms: bool = False,
     on_progress: Callable[[ComputeProgress], None] | None = None,
+    engine: str | None = None,
+    lake: str | Path | None = None,
 ) -> ReportResult:
     """Write the robust-vs-normal report of the stored models into ``out_dir``.
 
@@ -119,7 +121,9 @@ def write_robust_vs_normal_report(
     ``drift_by_depth_<scope>.png`` (each on the scope's own drift basis); the same data gives the
     same files (the drift nulls are seeded). ``weights_form`` keeps only models stored in
     that form; the paired models must share one form unless ``mixed_forms``, and every
-    document states the form compared.
+    document states the form compared. ``engine`` and ``lake`` say where the metrics and
+    the drift series are computed (:func:`filterdb.metrics.cache.compute_metrics`,
+    :func:`filterdb.analysis.comparison.drift_by_depth`); the rest is read on the client.
 
     Raises
     ------
@@ -143,10 +147,10 @@ def write_robust_vs_normal_report(
         mixed_forms=mixed_forms,
         what="the robust/normal pairs",
     )
-    cache.compute_metrics(url=url, models=models, on_progress=on_progress)
+    cache.compute_metrics(url=url, models=models, on_progress=on_progress, engine=engine, lake=lake)
     profile = cache.depth_profile(url=url, models=models)
     statistics = robust_vs_normal_statistics(profile, pairing)
-    drift = drift_by_depth(pairing, url=url)
+    drift = drift_by_depth(pairing, url=url, engine=engine, lake=lake)
     family_of = dict(forms.select("model_name", "family").iter_rows())
     found = []
     scopes = scoped_pairings(pairing, family_of)
