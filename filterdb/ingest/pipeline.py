@@ -247,7 +247,7 @@ class _Attempt:
             # One batch: stage, write and publish in one transaction, as before issue 14
             # (memory is a batch either way; a small model saves two commits: bench/zoo.py).
             with self.engine.begin() as connection:
-                staged = self._stage(connection, extracted, force=force)
+                staged = self._stage(connection, extracted, force=force, mark_loading=False)
                 write.write_filters(connection, staged, extracted)
                 report(IngestEvent(name, "writing", 0.9))
                 report(IngestEvent(name, "publishing", 0.9))
@@ -284,7 +284,12 @@ class _Attempt:
         )
 
     def _stage(
-        self, connection: Connection, extracted: ExtractedModel, *, force: bool
+        self,
+        connection: Connection,
+        extracted: ExtractedModel,
+        *,
+        force: bool,
+        mark_loading: bool = True,
     ) -> StagedModel:
         """Remove what interrupted ingests left of the name, then stage the model's layers."""
         name = extracted.info.name
@@ -296,7 +301,7 @@ class _Attempt:
         for leftover in write.loading_models(connection, name=name):
             write.remove_loading_model(connection, leftover.model_id)
             self.notes += (f"removed what an interrupted ingest left: {leftover.describe()}",)
-        return write.stage_model(connection, extracted)
+        return write.stage_model(connection, extracted, mark_loading=mark_loading)
 
     def _publish(
         self,
