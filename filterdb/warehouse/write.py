@@ -15,10 +15,11 @@ part of one:
    rows, and the ``model_loading`` row deleted.
 
 Until step 3 commits the model has no ``model`` row, and every view joins ``model``: it is
-visible completely or not at all, whatever happens to the process. A process killed
-before step 3 leaves a ``model_loading`` row and its rows: :func:`loading_models` lists
-them, :func:`remove_loading_model` deletes them (the next ingest of the name does, and
-``filterdb check --repair``).
+visible completely or not at all, whatever happens to the process. A model that fits one
+batch goes through the three steps in one transaction, without a ``model_loading`` row.
+A process killed before step 3 leaves a ``model_loading`` row and its rows:
+:func:`loading_models` lists them, :func:`remove_loading_model` deletes them (the next
+ingest of the name does, and ``filterdb check --repair``).
 """
 
 from __future__ import annotations
