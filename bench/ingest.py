@@ -9,9 +9,11 @@ layout, then each of these runs in a fresh process (imports excluded from the ti
   (hash, robustbench's loader, graph trace, extraction, bulk load, commit);
 - ``checkpoint``: the same file as a plain checkpoint without architecture (key order).
 
-Targets (issue 3, 2-core machine): >= 1.5M filters/s into DuckDB, ratio <= 3 (baseline
-filters/s over filterdb filters/s), peak resident memory above what the process held after
-its imports <= 2.5 x the checkpoint size (torch alone holds about 0.5 GB).
+Targets (issue 14, 2-core machine; the ratio is baseline filters/s over filterdb
+filters/s): through robustbench's cache layout ratio <= 2.0; as a plain checkpoint ratio
+<= 1.5 and >= 3M filters/s; peak resident memory above what the process held after its
+imports <= 1.5 x the checkpoint size (torch alone holds about 0.5 GB); the whole process's
+peak <= 1.5 x the baseline process's peak.
 
     .venv/bin/python bench/ingest.py                  # WRN-28-10 and WRN-70-16, DuckDB
     .venv/bin/python bench/ingest.py --quick          # PreActResNet-18: does the script work?
@@ -28,12 +30,16 @@ import common
 
 CHECKPOINT_PATH = "checkpoint"
 ZOO_PATH = "robustbench"
-# Issue 3: (what, row key, limit, at most?). The ratio is baseline filters/s over filterdb
-# filters/s; memory is the peak above what the process held after its imports.
+# Issue 14: (what, row key, limit, at most?, the ingest path it applies to, or None: both).
+# The ratio is baseline filters/s over filterdb filters/s; "work" memory is the peak above
+# what the process held after its imports, "peak/base" the whole process's peak over the
+# baseline process's peak.
 TARGETS = (
-    ("filters/s into DuckDB >= 1.5M/s", "rate", 1.5e6, False),
-    ("ratio <= 3", "ratio", 3.0, True),
-    ("peak memory above imports <= 2.5x checkpoint", "work_over_checkpoint", 2.5, True),
+    ("ratio <= 2.0", "ratio", 2.0, True, ZOO_PATH),
+    ("ratio <= 1.5", "ratio", 1.5, True, CHECKPOINT_PATH),
+    ("filters/s into DuckDB >= 3M/s", "rate", 3e6, False, CHECKPOINT_PATH),
+    ("peak memory above imports <= 1.5x checkpoint", "work_over_checkpoint", 1.5, True, None),
+    ("whole-process peak <= 1.5x the baseline's", "peak_over_baseline", 1.5, True, None),
 )
 
 
@@ -145,13 +151,15 @@ def bench_size(size: str, work: Path, args: argparse.Namespace) -> list[dict]:
         # than a WRN-28-10 checkpoint: the memory target is on what the work adds.
         row["work_rss"] = row["peak_rss"] - row["rss_before"]
         row["work_over_checkpoint"] = row["work_rss"] / checkpoint["checkpoint_bytes"]
+        row["peak_over_baseline"] = row["peak_rss"] / base["peak_rss"]
     return rows
 
 
 def print_results(rows: list[dict]) -> None:
     """The table, the checkpoints, and one line per target and measured row."""
     headers = ["model", "path", "into", "filters", "s", "filters/s", "ratio"]
-    headers += ["peak RSS", "imports", "work/ckpt", "read/extract/write s", "B/filter"]
+    headers += ["peak RSS", "peak/base", "imports", "work/ckpt", "read/extract/write s"]
+    headers += ["B/filter"]
     table = [
         [
             row["model"],
@@ -162,6 +170,7 @@ def print_results(rows: list[dict]) -> None:
             common.format_rate(row["rate"]),
             f"{row['ratio']:.2f}",
             common.format_bytes(row["peak_rss"]),
+            f"{row['peak_over_baseline']:.2f}",
             common.format_bytes(row["rss_before"]),
             f"{row['work_over_checkpoint']:.2f}x",
             "/".join(f"{s:.2f}" for s in row["phases"]) if "phases" in row else "",
@@ -182,9 +191,9 @@ def print_results(rows: list[dict]) -> None:
                 f"{info['n_layers']} 3x3 layers, {info['n_filters']:,} 3x3 filters"
             )
     print()
-    for what, key, limit, at_most in TARGETS:
+    for what, key, limit, at_most, applies_to in TARGETS:
         for row in rows:
-            if row["backend"] == "duckdb":
+            if row["backend"] == "duckdb" and applies_to in (None, row["path"]):
                 value = row[key]
                 shown = {"rate": common.format_rate(value), "ratio": f"{value:.2f}"}.get(
                     key, f"{value:.2f}x"

@@ -138,11 +138,24 @@ def models(context: typer.Context) -> None:
 
 
 @app.command()
-def check(context: typer.Context) -> None:
-    """Verify the warehouse: filter counts, orphan rows, models without layers."""
+def check(
+    context: typer.Context,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="First remove what interrupted ingests left (models never published).",
+        ),
+    ] = False,
+) -> None:
+    """Verify the warehouse: filter counts, orphan rows, models without layers, half-loaded
+    models that an interrupted ingest left (``--repair`` removes those)."""
     from filterdb.warehouse import check as consistency
 
     with one_line_errors():
+        if repair:
+            for line in consistency.repair(url=database_url(context)):
+                console.print(line, markup=False, soft_wrap=True)
         problems = consistency.check(url=database_url(context))
     for problem in problems:
         err_console.print(f"problem: {problem}", markup=False, soft_wrap=True)

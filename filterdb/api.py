@@ -72,6 +72,12 @@ class FilterDB:
 
         return check.check(url=self.url)
 
+    def repair(self) -> list[str]:
+        """Remove what interrupted ingests left (models never published), one line each."""
+        from filterdb.warehouse import check
+
+        return check.repair(url=self.url)
+
     # --- ingestion ------------------------------------------------------------------------
 
     def ingest_checkpoint(

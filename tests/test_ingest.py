@@ -8,7 +8,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ from filterdb.cli.main import app
 from filterdb.errors import ModelConflict, SourceError
 from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
-from filterdb.warehouse import check
+from filterdb.warehouse import check, inventory, write
 from filterdb.warehouse.database import engine_for, read_frame
 from filterdb.warehouse.records import TrainingInfo
 
@@ -359,61 +358,155 @@ import sys
 from pathlib import Path
 from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+from filterdb.warehouse import write
+
+url, path, batch_filters, stop_at, force = sys.argv[1:]
+write.BATCH_FILTERS = int(batch_filters)  # several committed batches for a small model
+events = 0
+
+
+def progress(event):
+    global events
+    print(event.phase, flush=True)
+    if events == int(stop_at):
+        sys.stdin.readline()  # held at this event until the parent's SIGKILL
+    events += 1
+
+
 ingest(
-    checkpoint_candidate(Path(sys.argv[2])),
-    url=sys.argv[1],
+    checkpoint_candidate(Path(path), name="big"),
+    url=url,
     device="cpu",
-    on_progress=lambda event: print(event.phase, flush=True),
+    force=force == "force",
+    on_progress=progress,
 )
 print("finished", flush=True)
 """
 
+# Small enough for a quick test, in 4 committed batches of 16,384 filters.
+KILL_BATCH_FILTERS = 16_384
+# Progress events of one ingest: hashing, reading, extracting, writing (before any row),
+# writing after each of the 4 committed batches, publishing, done.
+EVENTS = ("hashing", "reading", "extracting", "writing", *["writing"] * 4, "publishing", "done")
 
-def run_and_kill(url: str, path: Path, *, phase: str, delay: float) -> bool:
-    """Start an ingest in a child process, SIGKILL it ``delay`` s after it reaches
-    ``phase``; True when it died before finishing."""
+
+def run_and_kill(url: str, path: Path, *, stop_at: int, force: bool = False) -> bool:
+    """Run an ingest of ``path`` as ``big`` in a child process, SIGKILL it at progress event
+    ``stop_at`` (while it waits there; -1: as soon as the first batch is committed, while
+    it writes on); True when it died before finishing."""
     environment = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    arguments = [url, str(path), str(KILL_BATCH_FILTERS), str(stop_at), "force" if force else ""]
     child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_INGEST, url, str(path)],
+        [sys.executable, "-c", KILLED_INGEST, *arguments],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
         env=environment,
     )
-    for line in child.stdout:
-        if line.strip() == phase:
+    wanted = stop_at if stop_at >= 0 else EVENTS.index("writing") + 1
+    for index, line in enumerate(child.stdout):
+        assert line.strip() == EVENTS[index]
+        if index == wanted:
             break
-    time.sleep(delay)
     child.send_signal(signal.SIGKILL)
     rest = child.stdout.read()
     child.wait()
     return "finished" not in rest
 
 
-def test_kill_9_during_ingest_leaves_all_or_nothing(db_url, tmp_path):
+def visible_models(url: str, *, inventory_too: bool = True) -> dict[str, bytes]:
+    """What readers see, per model: its filters' bytes; asserts the readers agree."""
+    with engine_for(url) as engine, engine.connect() as connection:
+        models = read_frame(connection, "SELECT model_name, n_layers, n_filters FROM v_models")
+        layers = read_frame(
+            connection, "SELECT model_name, SUM(n_filters) AS n FROM v_layers GROUP BY model_name"
+        )
+        metric_layers = read_frame(
+            connection, "SELECT model_name, COUNT(*) AS n FROM v_layer_metrics GROUP BY model_name"
+        )
+    if inventory_too:  # `filterdb models`; it checks the revision first (slow on DuckDB)
+        assert sorted(inventory.models(url=url)["model_name"]) == sorted(models["model_name"])
+    seen = {}
+    for name, n_layers, n_filters in models.iter_rows():
+        filters = stored_filters(url, name)
+        assert sum(len(v) for v in filters.values()) == n_filters
+        assert dict(layers.iter_rows())[name] == n_filters
+        assert dict(metric_layers.iter_rows())[name] == n_layers == len(filters)
+        seen[name] = b"".join(v.tobytes() for v in filters.values())
+    return seen
+
+
+def leftovers(url: str) -> list[str]:
+    return [line for line in check.check(url=url) if "half-loaded" in line]
+
+
+def test_kill_9_at_every_phase_of_a_batched_ingest(db_url, tmp_path):
     torch.manual_seed(1)
-    big = {f"conv{i}.weight": torch.randn(256, 256, 3, 3) for i in range(16)}  # 1M filters
-    path = save(big, tmp_path / "big.pt")
-    expected = conv_weights(big)
-    killed_while_writing = 0
-    for phase, delay in (
-        ("extracting", 0.0),
-        ("writing", 0.0),
-        ("writing", 0.05),
-        ("writing", 0.2),
-    ):
-        died = run_and_kill(db_url, path, phase=phase, delay=delay)
-        killed_while_writing += died and phase == "writing"
-        counts = table_counts(db_url)
-        assert counts["model"] in (0, 1)
-        assert counts["filter"] == counts["model"] * sum(len(v) for v in expected.values())
-        assert check.check(url=db_url) == []
-    # The point of the test: at least one kill landed inside the write transaction.
-    assert killed_while_writing >= 1
-    result = ingest(checkpoint_candidate(path), url=db_url, device="cpu")
-    assert result.status in ("ingested", "skipped")
-    got = stored_filters(db_url, "big")
-    assert {k: v.tobytes() for k, v in got.items()} == {k: v.tobytes() for k, v in expected.items()}
+    old = {f"conv{i}.weight": torch.randn(64, 64, 3, 3) for i in range(16)}  # 65,536 filters
+    new = {key: -2 * tensor for key, tensor in old.items()}
+    old_path, new_path = save(old, tmp_path / "old.pt"), save(new, tmp_path / "new.pt")
+    old_bytes = b"".join(v.tobytes() for v in conv_weights(old).values())
+    new_bytes = b"".join(v.tobytes() for v in conv_weights(new).values())
+    first_batch = EVENTS.index("writing") + 1
+
+    # A fresh ingest killed after its first committed batch: readers see no model; what it
+    # wrote is one leftover. Each child imports torch (a few seconds): the other phases
+    # are checked in-process by the test below, the other kills come next.
+    assert run_and_kill(db_url, old_path, stop_at=first_batch)
+    assert visible_models(db_url) == {}
+    left = leftovers(db_url)
+    assert len(left) == 1 and f"{KILL_BATCH_FILTERS:,} of 65,536 filters written" in left[0]
+    # The rerun converges to the uninterrupted result and says what it removed.
+    result = ingest(checkpoint_candidate(old_path, name="big"), url=db_url, device="cpu")
+    assert result.status == "ingested"
+    assert any("interrupted ingest left" in note for note in result.notes)
+    assert visible_models(db_url) == {"big": old_bytes}
     assert check.check(url=db_url) == []
+
+    # A --force replacement killed somewhere in its later batches (inside a transaction,
+    # most likely): readers still see the old model, whole.
+    assert run_and_kill(db_url, new_path, stop_at=-1, force=True)
+    assert visible_models(db_url) == {"big": old_bytes}
+    # `check` names the leftover and --repair removes it; readers never saw it.
+    result = runner.invoke(app, ["--db", db_url, "check"])
+    assert result.exit_code == 1 and "model big" in result.output
+    assert "half-loaded" in result.output and "--repair" in result.output
+    repaired = runner.invoke(app, ["--db", db_url, "check", "--repair"])
+    assert repaired.exit_code == 0, repaired.output
+    assert "removed: model big" in repaired.output
+    assert "consistent" in repaired.output
+    assert table_counts(db_url)["filter"] == 65_536
+    assert visible_models(db_url) == {"big": old_bytes}
+
+    # Killed once published (at "done"): the new model is there, whole; the old one gone.
+    run_and_kill(db_url, new_path, stop_at=EVENTS.index("done"), force=True)
+    assert visible_models(db_url) == {"big": new_bytes}
+    assert check.check(url=db_url) == []
+    assert table_counts(db_url)["filter"] == 65_536
+
+
+def test_readers_see_no_part_of_a_model_while_it_loads(db_url, tmp_path, monkeypatch):
+    # In one process, at every progress event: a fresh ingest, then a --force replacement.
+    # 64 filters in 3 committed batches (a batch ends at a layer: 24, 32, 8 filters)
+    monkeypatch.setattr(write, "BATCH_FILTERS", 16)
+    torch.manual_seed(2)
+    first = TinyNet().state_dict()
+    second = {key: tensor + 1 for key, tensor in first.items()}
+    expected = [b"".join(v.tobytes() for v in conv_weights(sd).values()) for sd in (first, second)]
+    for state_dict, before, after in ((first, {}, 0), (second, {"tiny": expected[0]}, 1)):
+        seen = []
+
+        def look(event, before=before, seen=seen):
+            seen.append(event.phase)
+            if event.phase not in ("done", "failed"):
+                assert visible_models(db_url, inventory_too=False) == before, event
+
+        path = save(state_dict, tmp_path / f"tiny{after}.pt")
+        candidate = checkpoint_candidate(path, name="tiny")
+        ingest(candidate, url=db_url, device="cpu", force=True, on_progress=look)
+        assert seen.count("writing") == 1 + 3 and "publishing" in seen
+        assert visible_models(db_url) == {"tiny": expected[after]}
+        assert check.check(url=db_url) == []
 
 
 def test_missing_checkpoint_is_a_source_error(tmp_path):

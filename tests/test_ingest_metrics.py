@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 import filterdb
 from filterdb.cli.main import app
 from filterdb.metrics import cache
+from filterdb.warehouse import write
 from filterdb.warehouse.database import engine_for, read_frame
 
 runner = CliRunner()
@@ -43,8 +44,14 @@ def checkpoint(tmp_path) -> tuple[str, dict[str, torch.Tensor]]:
     return str(path), state
 
 
-def test_ingest_metrics_caches_what_filterdb_metrics_caches_bit_for_bit(db_url, checkpoint):
+@pytest.mark.parametrize("batch_filters", [None, 64], ids=["one transaction", "batches"])
+def test_ingest_metrics_caches_what_filterdb_metrics_caches_bit_for_bit(
+    db_url, checkpoint, batch_filters, monkeypatch
+):
     path, state = checkpoint
+    if batch_filters is not None:  # staged in committed batches, published at the end
+        monkeypatch.setattr(write, "BATCH_FILTERS", batch_filters)
+        assert sum(v.shape[0] * v.shape[1] for v in state.values() if v.dim() == 4) > 64
     done = runner.invoke(
         app, ["--db", db_url, "ingest", "checkpoint", path, "--metrics", "--device", "cpu", "-q"]
     )

@@ -140,6 +140,22 @@ def test_zoo_model_loads_bit_identical_without_sub_block1(carmon_dir, shared_dat
     assert (info.training.clean_acc, info.training.robust_acc) == (89.69, 59.53)
 
 
+def test_zoo_weights_are_the_checkpoints_own_tensors(carmon_dir):
+    # Issue 14: built on the meta device, the checkpoint's tensors assigned. Every conv
+    # weight then lies inside the memory-mapped checkpoint file; initialised weights with
+    # the checkpoint copied in would be allocations of their own (146 MB of them here).
+    model_dir, _ = carmon_dir
+    path = cache_path(model_dir, *CARMON)
+    source = load(CARMON, model_dir)
+    starts = [conv.weight.data_ptr() for conv in source.convs]
+    ends = [conv.weight.data_ptr() + conv.weight.nbytes for conv in source.convs]
+    assert max(ends) - min(starts) <= path.stat().st_size
+    dataset, threat_model, name = CARMON
+    with zoo.meta_loading():
+        built = zoo.build_zoo_architecture(name, dataset=dataset, threat_model=threat_model)
+    assert all(parameter.is_meta for parameter in built.parameters())
+
+
 def test_bare_state_dict_without_leaderboard(tmp_path):
     saved = seeded_state_dict(AUGMIX, seed=2)
     save(saved, cache_path(tmp_path, *AUGMIX))

@@ -111,7 +111,9 @@ def ingest_on_dask(
                 attempt.notes = notes
                 report(IngestEvent(attempt.candidate.name, "writing", 0.6))
                 attempt.metrics = None if metrics is None else metrics.start(extracted)
-                store = functools.partial(attempt.store, extracted, sha256s[index], force=force)
+                store = functools.partial(
+                    attempt.store, extracted, sha256s[index], force=force, report=report
+                )
                 outcomes[index] = attempt.timed("write", store)
                 report(IngestEvent(attempt.candidate.name, "done", 1.0))
             except Exception as error:

@@ -4,9 +4,13 @@ A model is identified by its name, the SHA-256 of its checkpoint file(s) and its
 form (``raw``, ``bn_folded``, ``as_exported``: the same bytes folded are other filters).
 The hash is taken before anything is loaded, so re-running an unchanged ingest costs one
 hash and one query. A changed checkpoint, or another form, under a stored name is refused
-unless ``force``, which replaces the model in the same transaction that writes the new one.
-Every attempt lands in the ingest log; a failed one in a transaction of its own, so the
-model tables stay as they were.
+unless ``force``, which replaces the model in the transaction that publishes the new one.
+
+Rows are written in committed batches under a ``model_loading`` row and published by one
+short transaction (:mod:`filterdb.warehouse.write`): readers see the old model, or the new
+one complete, never a part. What an interrupted ingest left of a name is removed by the
+next ingest of that name (and said in its notes). Every attempt lands in the ingest log;
+a failed one in a transaction of its own, after its own staged rows are removed.
 """
 
 from __future__ import annotations
@@ -24,11 +28,11 @@ from sqlalchemy.engine import Connection, Engine
 from filterdb.errors import FilterdbError, ModelConflict
 from filterdb.ingest.extract import extract
 from filterdb.ingest.sources.base import Candidate, check_weights_fit_files, files_sha256
-from filterdb.warehouse import schema
+from filterdb.warehouse import schema, write
 from filterdb.warehouse.database import backend_name, engine_for
 from filterdb.warehouse.migrate import require_head
 from filterdb.warehouse.records import ExtractedModel
-from filterdb.warehouse.write import delete_model, utc_now, write_model
+from filterdb.warehouse.write import StagedModel, utc_now
 
 T = TypeVar("T")
 
@@ -52,9 +56,9 @@ class IngestResult:
 
 @dataclass(frozen=True)
 class IngestEvent:
-    """Progress of one model: ``phase`` is hashing, reading, extracting, writing, then
-    done or failed;
-    ``fraction`` is how far the model is through its phases (0 to 1)."""
+    """Progress of one model: ``phase`` is hashing, reading, extracting, writing (once
+    before the rows and once after each committed batch of filters), publishing, then done
+    or failed; ``fraction`` is how far the model is through its phases (0 to 1)."""
 
     model_name: str
     phase: str
@@ -134,7 +138,9 @@ def ingest(
         )
         report(IngestEvent(candidate.name, "writing", 0.6))
         attempt.metrics = None if metrics is None else metrics.start(extracted)
-        result = attempt.timed("write", lambda: attempt.store(extracted, sha256, force=force))
+        result = attempt.timed(
+            "write", lambda: attempt.store(extracted, sha256, force=force, report=report)
+        )
         report(IngestEvent(candidate.name, "done", 1.0))
         return result
     except Exception as error:  # every failed attempt is logged, bugs included
@@ -285,55 +291,134 @@ class _Attempt:
         finally:
             self.seconds[phase] += time.perf_counter() - start
 
-    def store(self, extracted: ExtractedModel, sha256: str, *, force: bool) -> IngestResult:
+    def store(
+        self,
+        extracted: ExtractedModel,
+        sha256: str,
+        *,
+        force: bool,
+        report: ProgressCallback,
+    ) -> IngestResult:
         self.sha256 = sha256
         write_started = time.perf_counter()
         try:
-            return self._store(extracted, write_started, force=force)
+            return self._store(extracted, write_started, force=force, report=report)
         except _StoredMeanwhile as meanwhile:
             if self.metrics is not None:
                 self.metrics.cancel()
             return self.log_skipped(meanwhile.model_id, sha256)
 
     def _store(
-        self, extracted: ExtractedModel, write_started: float, *, force: bool
+        self,
+        extracted: ExtractedModel,
+        write_started: float,
+        *,
+        force: bool,
+        report: ProgressCallback,
     ) -> IngestResult:
         name = extracted.info.name
-        with self.engine.begin() as connection:
-            # Decided again inside the write transaction: another process may have stored
-            # this name since the check before extraction (DuckDB's lock was free then).
-            identity = _stored_identity(connection, name)
-            form = extracted.info.weights_form
-            if _unchanged(name, identity, (self.sha256, form), force=force):
-                raise _StoredMeanwhile(identity[0])
-            stored = None if identity is None else identity[0]
-            if stored is not None:
-                delete_model(connection, stored)
-            model_id = write_model(connection, extracted)
-            if self.metrics is not None:
-                self.metrics.cache_layer_metrics(connection, model_id)
-            status = "ingested" if stored is None else "replaced"
-            # Logged in the model's own transaction: a log row says "ingested" only if the
-            # model is there.
-            self._log(
-                connection,
-                status,
-                n_layers=len(extracted.layers),
-                n_filters=extracted.n_filters,
-                n_unreached_convs=extracted.n_unreached_convs,
-                seconds_write=time.perf_counter() - write_started,
-                note="; ".join(self.notes) or None,
-            )
+        if extracted.n_filters <= write.BATCH_FILTERS:
+            # One batch: stage, write and publish in one transaction, as before issue 14
+            # (memory is a batch either way; a small model saves two commits: bench/zoo.py).
+            with self.engine.begin() as connection:
+                staged = self._stage(connection, extracted, force=force, mark_loading=False)
+                write.write_filters(connection, staged, extracted)
+                report(IngestEvent(name, "writing", 0.9))
+                report(IngestEvent(name, "publishing", 0.9))
+                status = self._publish(connection, extracted, staged, write_started, force=force)
+        else:
+            with self.engine.begin() as connection:
+                staged = self._stage(connection, extracted, force=force)
+            try:
+                write.write_filter_batches(
+                    self.engine,
+                    staged,
+                    extracted,
+                    on_batch=lambda done, total: report(
+                        IngestEvent(name, "writing", 0.6 + 0.3 * done / max(total, 1))
+                    ),
+                )
+                report(IngestEvent(name, "publishing", 0.9))
+                with self.engine.begin() as connection:
+                    status = self._publish(
+                        connection, extracted, staged, write_started, force=force
+                    )
+            except BaseException:
+                self._discard(staged)
+                raise
         return IngestResult(
             model_name=extracted.info.name,
             status=status,
-            model_id=model_id,
+            model_id=staged.model_id,
             n_layers=len(extracted.layers),
             n_filters=extracted.n_filters,
             n_unreached_convs=extracted.n_unreached_convs,
             seconds=time.perf_counter() - self.started,
             notes=self.notes,
         )
+
+    def _stage(
+        self,
+        connection: Connection,
+        extracted: ExtractedModel,
+        *,
+        force: bool,
+        mark_loading: bool = True,
+    ) -> StagedModel:
+        """Remove what interrupted ingests left of the name, then stage the model's layers."""
+        name = extracted.info.name
+        # Decided again here (and once more when publishing): another process may have
+        # stored this name since the check before extraction (DuckDB's lock was free).
+        identity = _stored_identity(connection, name)
+        if _unchanged(name, identity, (self.sha256, extracted.info.weights_form), force=force):
+            raise _StoredMeanwhile(identity[0])
+        for leftover in write.loading_models(connection, name=name):
+            write.remove_loading_model(connection, leftover.model_id)
+            self.notes += (f"removed what an interrupted ingest left: {leftover.describe()}",)
+        return write.stage_model(connection, extracted, mark_loading=mark_loading)
+
+    def _publish(
+        self,
+        connection: Connection,
+        extracted: ExtractedModel,
+        staged: StagedModel,
+        write_started: float,
+        *,
+        force: bool,
+    ) -> str:
+        """Make the model visible (and drop the one it replaces) in ``connection``'s
+        transaction, which the caller keeps short."""
+        name = extracted.info.name
+        # The skip / conflict decision is final here, inside the publishing transaction.
+        identity = _stored_identity(connection, name)
+        form = extracted.info.weights_form
+        if _unchanged(name, identity, (self.sha256, form), force=force):
+            raise _StoredMeanwhile(identity[0])
+        replaced = None if identity is None else identity[0]
+        if replaced is not None:
+            write.delete_model(connection, replaced)
+        write.publish_model(connection, staged, extracted)
+        if self.metrics is not None:
+            self.metrics.cache_layer_metrics(connection, staged.model_id)
+        status = "ingested" if replaced is None else "replaced"
+        # Logged in the publishing transaction: a log row says "ingested" only if the
+        # model is there.
+        self._log(
+            connection,
+            status,
+            n_layers=len(extracted.layers),
+            n_filters=extracted.n_filters,
+            n_unreached_convs=extracted.n_unreached_convs,
+            seconds_write=time.perf_counter() - write_started,
+            note="; ".join(self.notes) or None,
+        )
+        return status
+
+    def _discard(self, staged: StagedModel) -> None:
+        # Best effort: when the database cannot take it (gone, locked), the next ingest of
+        # the name or `filterdb check --repair` removes the rows.
+        with contextlib.suppress(sa.exc.DBAPIError), self.engine.begin() as connection:
+            write.remove_loading_model(connection, staged.model_id)
 
     def log_skipped(self, model_id: int, sha256: str) -> IngestResult:
         self.sha256 = sha256

@@ -1,7 +1,9 @@
 """The consistency check: what the absent foreign keys would have enforced (SPEC section 4).
 
 Each check is one SQL query that returns the offending rows; an empty result means the
-warehouse is consistent. Shared by ``filterdb check`` and the tests.
+warehouse is consistent. Shared by ``filterdb check`` and the tests. One rule lists what
+an interrupted ingest left (a ``model_loading`` row with its layers and filters, never
+visible to readers: :mod:`filterdb.warehouse.write`); :func:`repair` removes it.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from dataclasses import dataclass
 
 from filterdb.warehouse.database import engine_for
 from filterdb.warehouse.migrate import require_head
+from filterdb.warehouse.write import loading_models, remove_loading_model
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,8 @@ WHERE l.conv_depth < 0 OR l.conv_depth > m.max_conv_depth""",
         rule="every layer belongs to a stored model",
         sql="""
 SELECT l.layer_id, l.model_id, l.name AS layer FROM layer l
-LEFT JOIN model m ON m.model_id = l.model_id WHERE m.model_id IS NULL""",
+LEFT JOIN model m ON m.model_id = l.model_id WHERE m.model_id IS NULL
+    AND l.model_id NOT IN (SELECT model_id FROM model_loading)""",
         describe="layer {layer} (layer_id {layer_id}) points at missing model_id {model_id}",
     ),
     Check(
@@ -108,13 +112,39 @@ WHERE l.layer_id IS NULL GROUP BY c.layer_id""",
 )
 
 
+# Said of each half-loaded model: an ingest still running looks the same from here.
+LEFTOVER_HINT = (
+    "; unless that ingest is still running, `filterdb check --repair` removes it "
+    "(so does the next ingest of that name)"
+)
+
+
 def check(*, url: str | None = None) -> list[str]:
-    """Run every consistency check; returns one line per problem (empty: consistent)."""
-    problems = []
+    """Run every consistency check; returns one line per problem (empty: consistent).
+
+    Models left half-loaded by an interrupted ingest come first, one line each.
+    """
     with engine_for(url) as engine:
         require_head(engine)
         with engine.connect() as connection:
+            problems = [left.describe() + LEFTOVER_HINT for left in loading_models(connection)]
             for rule in CHECKS:
                 for row in connection.exec_driver_sql(rule.sql).mappings():
                     problems.append(rule.describe.format(**row))
     return problems
+
+
+def repair(*, url: str | None = None) -> list[str]:
+    """Remove every model left half-loaded by an interrupted ingest, in one transaction.
+
+    Returns one line per model removed. Readers never saw these rows, so nothing they see
+    changes. Run it when no ingest is running: a running one loses its rows and fails with
+    a one-line error when it tries to publish.
+    """
+    with engine_for(url) as engine:
+        require_head(engine)
+        with engine.begin() as connection:
+            removed = loading_models(connection)
+            for left in removed:
+                remove_loading_model(connection, left.model_id)
+    return [f"removed: {left.describe()}" for left in removed]

@@ -11,8 +11,9 @@ There are no foreign keys, on purpose:
   make an atomic ``--force`` replacement of a model impossible;
 * on the fact table enforced keys make bulk loads 3x (DuckDB) to 7x (PostgreSQL) slower.
 
-Integrity comes from writing each model in one transaction, and ``filterdb check``
-(:mod:`filterdb.warehouse.check`) proves it on demand. Every fact row carries its
+Integrity comes from publishing each model in one short transaction (its filters go in
+before, in committed batches, under a ``model_loading`` row: issue 14), and
+``filterdb check`` (:mod:`filterdb.warehouse.check`) proves it on demand. Every fact row carries its
 ``model_id`` so the fact table can later be partitioned or distributed by model without a
 schema change.
 """
@@ -147,6 +148,22 @@ metric_cache = sa.Table(
     # the weight of the value when layers are pooled into depth bins (SPEC section 5).
     sa.Column("support", sa.BigInteger, nullable=False),
     sa.Column("computed_at", sa.DateTime, nullable=False),
+)
+
+# A model whose rows are being written (issue 14): its layer and filter rows go in under
+# ``model_id`` in several committed batches, so DuckDB never holds a whole model's rows
+# uncommitted in memory, but the model has no ``model`` row (nor ``training`` row) until the
+# short transaction that publishes it deletes this row. Every view joins ``model``, so no
+# reader sees a model before it is complete. A row left here is an interrupted ingest:
+# the next ingest of ``name`` and ``filterdb check --repair`` remove it with its rows.
+model_loading = sa.Table(
+    "model_loading",
+    metadata,
+    sa.Column("model_id", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("name", sa.String, nullable=False),
+    sa.Column("checkpoint_sha256", sa.String(64), nullable=False),
+    sa.Column("n_filters", sa.BigInteger, nullable=False),
+    sa.Column("started_at", sa.DateTime, nullable=False),
 )
 
 ingest_log = sa.Table(

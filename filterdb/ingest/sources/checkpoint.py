@@ -138,22 +138,48 @@ def convs_in_key_order(state_dict: Mapping[str, torch.Tensor]) -> list[ConvLayer
 def build_architecture(
     arch: str, state_dict: Mapping[str, torch.Tensor], *, checkpoint: Path
 ) -> torch.nn.Module:
-    """Build ``arch`` without pretrained weights and load ``state_dict`` into it (strict)."""
+    """Build ``arch`` and give it ``state_dict`` as its weights (strict), never random ones.
+
+    Built on the meta device and the checkpoint's tensors assigned (issue 14: no random
+    initialisation, no second copy). A constructor that computes on tensors cannot run on
+    meta; such a model is built on the CPU and the weights copied in.
+    """
+    from filterdb.ingest.sources.robustbench import meta_loading
+
     kind, _, spec = arch.partition(":")
     if kind not in ARCH_KINDS:
         raise SourceError(
             f"unknown architecture {arch!r}; use robustbench:<dataset>/<threat>/<name>, "
             "timm:<name> or torchvision:<name>"
         )
-    module = _build_named(kind, spec)
+    _import_library(kind)  # imported outside meta: module-level tensors stay real
     try:
-        module.load_state_dict(dict(state_dict), strict=True)
+        with meta_loading():
+            module = _build_named(kind, spec)
+        assign = True
+    except NotImplementedError:  # "Cannot copy out of meta tensor": computes when built
+        module = _build_named(kind, spec)
+        assign = False
+    try:
+        module.load_state_dict(dict(state_dict), strict=True, assign=assign)
     except RuntimeError as error:
         summary = " ".join(str(error).split())[:300]
         raise SourceError(
             f"{checkpoint} does not fit architecture {arch}: {summary}; check --arch"
         ) from None
     return module.eval()
+
+
+def _import_library(kind: str) -> None:
+    if kind == "timm":
+        import timm  # noqa: F401
+    elif kind == "torchvision":
+        import torchvision  # noqa: F401
+    else:
+        from filterdb.ingest.sources.robustbench_compat import import_robustbench
+
+        import_robustbench()
+        import torchvision  # noqa: F401  (robustbench's ImageNet Standard entries use it)
 
 
 def _build_named(kind: str, spec: str) -> torch.nn.Module:

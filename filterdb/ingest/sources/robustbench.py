@@ -1,16 +1,23 @@
 """The RobustBench model zoo as a source (SPEC section 6).
 
 Weights come through robustbench's own ``load_model`` and its cache layout
-``<model_dir>/<dataset>/<threat_model>/<name>.pt``. Offline nothing may be downloaded, so
-every expected file is checked first: a missing one is a :class:`CheckpointMissing` naming
-the path to put it at, an HTML page or a pickle that needs code is refused before
-robustbench sees it. robustbench is imported through
+``<model_dir>/<dataset>/<threat_model>/<name>.pt``, so its key handling (``module.`` and
+``model.`` prefixes, ``last`` checkpoints, ensemble members, ImageNet's normaliser) is its
+own; but the network is built on the meta device and the checkpoint's tensors are assigned
+into it (:func:`meta_loading`), so no random weights are drawn and no second copy of the
+weights is made (issue 14). The convs' weights are the checkpoint's tensors.
+
+Offline nothing may be downloaded, so every expected file is checked first: a missing one
+is a :class:`CheckpointMissing` naming the path to put it at, an HTML page or a pickle
+that needs code is refused before robustbench sees it. robustbench is imported through
 :mod:`filterdb.ingest.sources.robustbench_compat` only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import zipfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,11 +60,53 @@ ZOO_ENTRY_MODULES = (
 )
 
 
+@contextmanager
+def meta_loading() -> Iterator[None]:
+    """Modules built in the body live on the meta device; loading a state_dict assigns.
+
+    Inside, ``nn.Module.load_state_dict`` keeps the given tensors as the module's own
+    (``assign=True``) instead of copying them into freshly initialised ones, and
+    ``torch.load`` memory-maps zip checkpoints and loads tensors only (the files were
+    checked by :func:`~filterdb.ingest.sources.base.load_tensors` first). robustbench's
+    ``load_model`` runs unchanged in here, with its own key handling. Not thread-safe:
+    it swaps two torch functions for the duration of the body.
+    """
+    load_state_dict, load = nn.Module.load_state_dict, torch.load
+
+    def assigning(module, state_dict, strict=True, assign=False):
+        return load_state_dict(module, state_dict, strict=strict, assign=True)
+
+    def mapped(path, *args, **kwargs):
+        if isinstance(path, str | Path) and zipfile.is_zipfile(path):
+            kwargs.setdefault("mmap", True)
+        kwargs["weights_only"] = True
+        return load(path, *args, **kwargs)
+
+    nn.Module.load_state_dict, torch.load = assigning, mapped
+    try:
+        with torch.device("meta"):
+            yield
+    finally:
+        nn.Module.load_state_dict, torch.load = load_state_dict, load
+
+
+def require_loaded_convs(convs: list, *, origin: object) -> None:
+    """Refuse a conv whose weight the checkpoint did not hold (still on the meta device)."""
+    empty = [conv.name for conv in convs if conv.weight.is_meta]
+    if empty:
+        raise SourceError(
+            f"{origin} holds no weight for conv {empty[0]} ({len(empty)} convs); check that "
+            "the file is this model's checkpoint"
+        )
+
+
 def build_zoo_architecture(name: str, *, dataset: str, threat_model: str) -> nn.Module:
-    """The architecture of a zoo entry with its initial weights; nothing is downloaded.
+    """The architecture of a zoo entry; nothing is downloaded.
 
     Entries that robustbench fetches from a hub (timm or torchvision) are built without
-    pretrained weights. Raises :class:`SourceError` for a name not in the zoo.
+    pretrained weights. Called inside :func:`meta_loading`, the parameters are on the meta
+    device (no random initialisation). Raises :class:`SourceError` for a name not in the
+    zoo.
     """
     spec = _zoo_spec(name, dataset=dataset, threat_model=threat_model)
     if _loads_from_hub(name, dataset=dataset, threat_model=threat_model):
@@ -113,9 +162,11 @@ def load_zoo_model(
     """Load a zoo entry from robustbench's cache under ``model_dir``, offline.
 
     The model is loaded by robustbench's ``load_model`` (a hub entry: built without
-    pretrained weights, its file loaded here), moved to ``device`` and traced: ``convs``
-    are the convs its forward pass reaches, ensemble members traced one by one with their
-    layer names prefixed ``m0.``, ``m1.``, ... (SPEC section 4). Training metadata comes
+    pretrained weights, its file loaded here) inside :func:`meta_loading`, and traced
+    there: ``convs`` are the convs its forward pass reaches, their weights the
+    checkpoint's own tensors (``device`` is unused now: extraction places each weight);
+    ensemble members are traced one by one with their layer names prefixed ``m0.``,
+    ``m1.``, ... (SPEC section 4). Training metadata comes
     from ``leaderboard`` when given, else only what the zoo tells (the Standard rule).
     ``fold_batchnorm`` folds each BatchNorm that consumes a conv's output into that conv, as
     the papers' ONNX exports had it (:mod:`filterdb.ingest.batchnorm`); the model is then
@@ -141,7 +192,7 @@ def load_zoo_model(
         model = _load_with_robustbench(
             name, dataset=dataset, threat_model=threat_model, model_dir=model_dir, paths=paths
         )
-    model = model.to(device).eval()
+    model = model.eval()
 
     # ImageNet models are traced at their input size; the rest are 32x32 CIFAR models.
     input_shape = (1, 3, 224, 224) if dataset == "imagenet" else (1, 3, 32, 32)
@@ -158,6 +209,7 @@ def load_zoo_model(
     else:
         traced = [trace_convs(model, input_shape=input_shape, fold_batchnorm=fold_batchnorm)]
         family = _family(model)
+    require_loaded_convs([c for t in traced for c in t.convs], origin=paths[0])
     depth_methods = {t.depth_method for t in traced}
     # A member that fx cannot trace falls back to execution order; the model's depths are
     # then only as good as its weakest member's.
@@ -245,9 +297,17 @@ def _load_with_robustbench(
 ) -> nn.Module:
     rb = import_robustbench()
     try:
-        return rb.utils.load_model(
-            model_name=name, model_dir=model_dir, dataset=dataset, threat_model=threat_model
-        )
+        try:
+            with meta_loading():
+                return rb.utils.load_model(
+                    model_name=name, model_dir=model_dir, dataset=dataset, threat_model=threat_model
+                )
+        except NotImplementedError:
+            # A constructor that computes on tensors cannot run on meta ("Cannot copy out of
+            # meta tensor"): build it on the CPU as robustbench does, and copy the weights in.
+            return rb.utils.load_model(
+                model_name=name, model_dir=model_dir, dataset=dataset, threat_model=threat_model
+            )
     # robustbench reports a state_dict that does not fit (or an architecture that needs
     # CUDA) as RuntimeError, a file without the key it expects as KeyError.
     except (RuntimeError, KeyError) as error:
@@ -285,7 +345,10 @@ def _build_hub_architecture(name: str, *, dataset: str, threat_model: str) -> nn
 
 def _load_hub_entry(name: str, *, dataset: str, threat_model: str, path: Path) -> nn.Module:
     """Build a hub entry without pretrained weights and load its file from the cache path."""
-    model = _build_hub_architecture(name, dataset=dataset, threat_model=threat_model)
+    import torchvision  # noqa: F401  (imported outside meta: module-level tensors stay real)
+
+    with meta_loading():
+        model = _build_hub_architecture(name, dataset=dataset, threat_model=threat_model)
     loaded = load_tensors(path)
     # The layouts robustbench accepts: {"state_dict": sd} or a bare sd, with or without
     # DataParallel's "module." prefix (robustbench/utils.py load_model).
@@ -302,7 +365,7 @@ def _load_hub_entry(name: str, *, dataset: str, threat_model: str, path: Path) -
     expected = set(model.state_dict())
     if not expected & set(state_dict) and {f"model.{key}" for key in state_dict} <= expected:
         state_dict = {f"model.{key}": value for key, value in state_dict.items()}
-    result = model.load_state_dict(state_dict, strict=False)
+    result = model.load_state_dict(state_dict, strict=False, assign=True)
     missing = [key for key in result.missing_keys if key not in NORMALIZER_BUFFERS]
     if missing or result.unexpected_keys:
         raise SourceError(
