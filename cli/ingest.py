@@ -16,6 +16,7 @@ from filterdb.errors import FilterdbError
 from filterdb.ingest import DEFAULT_MODEL_DIR
 from filterdb.ingest.sources import leaderboard
 from filterdb.warehouse.records import TrainingInfo
+from filterdb.wording import counted
 
 # Library modules that load torch are imported inside the commands: `--help` stays fast.
 if TYPE_CHECKING:
@@ -322,7 +323,7 @@ def manifest(
         for note in result.notes:
             console.print(f"note: {result.model_name}: {note}", markup=False, soft_wrap=True)
     done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    console.print(f"{total} rows: {done or 'none stored'}, {len(run.failures)} failed")
+    console.print(f"{counted(total, 'row')}: {done or 'none stored'}, {len(run.failures)} failed")
     report_failures(run.failures, single=False)
 
 
@@ -382,7 +383,10 @@ def run_ingest(
     for line in missing:
         err_console.print(f"missing: {line}", markup=False, soft_wrap=True)
     if missing:
-        err_console.print(f"{len(missing)} checkpoints missing, {len(results)} models stored")
+        err_console.print(
+            f"{counted(len(missing), 'checkpoint')} missing, "
+            f"{counted(len(results), 'model')} stored"
+        )
     report_failures(failures, single=len(candidates) == 1 and not missing)
     if missing:
         raise typer.Exit(1)
@@ -394,8 +398,8 @@ def summary_line(result: IngestResult) -> str:
         f", {result.n_unreached_convs} unreached convs left out" if result.n_unreached_convs else ""
     )
     return (
-        f"{result.model_name}: {result.status}, {result.n_layers} layers, "
-        f"{result.n_filters:,} filters{unreached} ({result.seconds:.2f} s)"
+        f"{result.model_name}: {result.status}, {counted(result.n_layers, 'layer')}, "
+        f"{counted(result.n_filters, 'filter')}{unreached} ({result.seconds:.2f} s)"
     )
 
 

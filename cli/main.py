@@ -13,7 +13,14 @@ import typer
 
 from filterdb.cli import analysis, demo, export, leaderboard, report
 from filterdb.cli import ingest as ingest_cli
-from filterdb.cli.options import EngineOption, FormatOption, LakeOption, OutputOption, database_url
+from filterdb.cli.options import (
+    DatabaseOptionGroup,
+    EngineOption,
+    FormatOption,
+    LakeOption,
+    OutputOption,
+    database_url,
+)
 from filterdb.cli.output import (
     OutputFormat,
     console,
@@ -30,8 +37,13 @@ from filterdb.warehouse.query.execute import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TIMEOUT_S,
 )
+from filterdb.wording import counted
 
 app = typer.Typer(
+    cls=DatabaseOptionGroup,
+    # Typer's rich help shows every flag as taking a value ("--quiet <bool>", "--help
+    # <bool>"); the plain help writes flags as flags ("--recompute / --no-recompute").
+    rich_markup_mode=None,
     help="A data warehouse of trained 3x3 convolution filters.",
     no_args_is_help=True,
     add_completion=False,
@@ -46,6 +58,14 @@ for commands in (analysis.app, report.app, export.app, demo.app):
     app.add_typer(commands)
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from filterdb import __version__
+
+        console.print(f"filterdb {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     context: typer.Context,
@@ -57,6 +77,12 @@ def main_options(
             f"Default: ${URL_ENVIRONMENT_VARIABLE}, else duckdb:///filterdb.duckdb.",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """A data warehouse of trained 3x3 convolution filters."""
     context.obj = db
@@ -147,7 +173,7 @@ def check(context: typer.Context) -> None:
     for problem in problems:
         err_console.print(f"problem: {problem}", markup=False, soft_wrap=True)
     if problems:
-        err_console.print(f"{len(problems)} problems found")
+        err_console.print(f"{counted(len(problems), 'problem')} found")
         raise typer.Exit(1)
     console.print("consistent: every rule holds")
 
@@ -203,8 +229,8 @@ def metrics(
         console.print("nothing to compute: every metric is cached and current")
     else:
         console.print(
-            f"computed {result.n_values:,} values for {result.n_layers:,} layers "
-            f"of {result.n_models} models"
+            f"computed {counted(result.n_values, 'value')} for "
+            f"{counted(result.n_layers, 'layer')} of {counted(result.n_models, 'model')}"
         )
 
 

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from filterdb.errors import FilterdbError
 from filterdb.reports.document import markdown_table
+from filterdb.wording import counted
 
 # Piped output is read by programs or saved: do not squeeze tables into 80 columns.
 PIPED_WIDTH = 200
@@ -91,7 +92,7 @@ def emit_frame(
             f"cannot write {output}: {error.strerror or error}; check the path"
         ) from None
     if written:
-        err_console.print(f"wrote {frame.height} rows to {output}")
+        err_console.print(f"wrote {counted(frame.height, 'row')} to {output}")
 
 
 def _write_frame(

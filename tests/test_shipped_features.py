@@ -197,7 +197,7 @@ def test_check_names_each_damage_in_one_exact_line(db_url, checkpoint, rule):
             connection.execute(sa.text(statement))
     result = invoke("--db", db_url, "check")
     assert result.exit_code == 1
-    assert result.output.splitlines() == [f"problem: {line}", "1 problems found"]
+    assert result.output.splitlines() == [f"problem: {line}", "1 problem found"]
 
 
 # --- layers, depth-profile, query ----------------------------------------------------------
@@ -359,7 +359,7 @@ def test_leaderboard_status_states_and_sync_from_a_url(duckdb_url, zoo_dir, shar
             server.shutdown()
             thread.join()
     assert synced.exit_code == 0, synced.output
-    assert "updated 1 models" in synced.output
+    assert "updated 1 model" in synced.output
     assert QuietHandler.served == [f"/{dataset}/{threat}/{name}.json"]
     entry = json.loads((model_info / dataset / threat / f"{name}.json").read_text())
     models = rows(duckdb_url, "SELECT clean_acc, autoattack_acc, venue FROM training")
