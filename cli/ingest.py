@@ -156,6 +156,14 @@ def checkpoint(
             "or torchvision:<name>. Without it: 4-D weights in key order."
         ),
     ] = None,
+    input_shape: Annotated[
+        str,
+        typer.Option(
+            "--input-shape",
+            help="C,H,W of the dummy input that --arch is traced with (ImageNet models: "
+            "3,224,224).",
+        ),
+    ] = "3,32,32",
     name: NameOption = None,
     architecture: ArchitectureOption = None,
     fold_batchnorm: FoldOption = False,
@@ -178,6 +186,7 @@ def checkpoint(
             arch=arch,
             architecture=architecture,
             training=training,
+            input_shape=checkpoint_source.parse_input_shape(input_shape),
             fold_batchnorm=fold_batchnorm,
         )
     run_ingest(context, [candidate], run)
@@ -321,7 +330,7 @@ def manifest(
         if result.status != "skipped":
             console.print(summary_line(result))
         for note in result.notes:
-            console.print(f"note: {result.model_name}: {note}", markup=False, soft_wrap=True)
+            console.print(note_line(note, result.model_name), markup=False, soft_wrap=True)
     done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
     console.print(f"{counted(total, 'row')}: {done or 'none stored'}, {len(run.failures)} failed")
     report_failures(run.failures, single=False)
@@ -379,7 +388,7 @@ def run_ingest(
     for result in results:
         console.print(summary_line(result))
         for note in result.notes:
-            console.print(f"note: {note}", markup=False, soft_wrap=True)
+            console.print(note_line(note), markup=False, soft_wrap=True)
     for line in missing:
         err_console.print(f"missing: {line}", markup=False, soft_wrap=True)
     if missing:
@@ -390,6 +399,12 @@ def run_ingest(
     report_failures(failures, single=len(candidates) == 1 and not missing)
     if missing:
         raise typer.Exit(1)
+
+
+def note_line(note: str, model: str | None = None) -> str:
+    """A source's note as printed: ``note: ...``, or ``warning: ...`` when it is one."""
+    kind, _, text = note.partition(": ") if note.startswith("warning: ") else ("note", "", note)
+    return f"{kind}: {model}: {text}" if model else f"{kind}: {text}"
 
 
 def summary_line(result: IngestResult) -> str:

@@ -7,6 +7,8 @@ in this package. Commands import the library modules they call inside their bodi
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -165,17 +167,24 @@ def models(context: typer.Context) -> None:
 
 @app.command()
 def check(context: typer.Context) -> None:
-    """Verify the warehouse: filter counts, orphan rows, models without layers."""
+    """Verify the warehouse: filter counts, orphan rows, models without layers.
+
+    Exit status 1 when a rule is broken. A checkpoint stored under several names is a
+    warning (one line per group of names): it is listed, the exit status stays 0.
+    """
     from filterdb.warehouse import check as consistency
 
     with one_line_errors():
-        problems = consistency.check(url=database_url(context))
-    for problem in problems:
+        report = consistency.check_report(url=database_url(context))
+    for problem in report.problems:
         err_console.print(f"problem: {problem}", markup=False, soft_wrap=True)
-    if problems:
-        err_console.print(f"{counted(len(problems), 'problem')} found")
+    for warning in report.warnings:
+        err_console.print(f"warning: {warning}", markup=False, soft_wrap=True)
+    if report.problems:
+        err_console.print(f"{counted(len(report.problems), 'problem')} found")
         raise typer.Exit(1)
-    console.print("consistent: every rule holds")
+    warned = f" ({counted(len(report.warnings), 'warning')})" if report.warnings else ""
+    console.print(f"consistent: every rule holds{warned}")
 
 
 @app.command()
@@ -254,7 +263,16 @@ def depth_profile(
 @app.command()
 def query(
     context: typer.Context,
-    sql: Annotated[str, typer.Argument(help="One SQL statement over the documented views.")],
+    sql: Annotated[
+        str | None,
+        typer.Argument(
+            help="One SQL statement over the documented views; - reads it from stdin "
+            "(for SQL that starts with a -- comment)."
+        ),
+    ] = None,
+    sql_file: Annotated[
+        Path | None, typer.Option("--file", help="Read the SQL statement from this file.")
+    ] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
     write: Annotated[
@@ -284,10 +302,14 @@ def query(
         ),
     ] = None,
 ) -> None:
-    """Run ad-hoc SQL, read-only unless --write (see the views in the README)."""
+    """Run ad-hoc SQL, read-only unless --write (see the views in the README).
+
+    The SQL is the argument, stdin (``-``) or ``--file F.sql``.
+    """
     from filterdb.errors import QueryRefused
 
     with one_line_errors():
+        sql = statement_text(sql, sql_file)
         if lake is None:
             from filterdb.warehouse.query import run_query
 
@@ -307,6 +329,25 @@ def query(
 
             frame = query_lake(sql, lake=lake)
         emit_frame(frame, fmt, output)
+
+
+def statement_text(sql: str | None, sql_file: Path | None) -> str:
+    """The SQL of ``filterdb query``: the argument, stdin when it is ``-``, or ``--file``."""
+    from filterdb.errors import FilterdbError
+
+    if (sql is None) == (sql_file is None):
+        raise FilterdbError(
+            "give the SQL once: as the argument, - to read stdin, or --file F.sql"
+            if sql is None
+            else "give the SQL as the argument or with --file, not both"
+        )
+    if sql_file is not None:
+        try:
+            return sql_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise FilterdbError(f"cannot read {sql_file}: {reason}; check the path") from None
+    return sys.stdin.read() if sql == "-" else sql
 
 
 def main() -> None:
