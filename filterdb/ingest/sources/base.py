@@ -11,7 +11,7 @@ import hashlib
 import pickle
 import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,6 +117,18 @@ def files_sha256(paths: list[Path]) -> str:
             while chunk := handle.read(1 << 22):
                 digest.update(chunk)
     return digest.hexdigest()
+
+
+def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """``n_parameters`` of every torch source: the floating-point values of all tensors in
+    the checkpoint, learnable parameters and buffers (BatchNorm running statistics) alike;
+    integer buffers (``num_batches_tracked``) are counters, not weights.
+
+    ONNX files count the same way over their floating-point initializers and Constant
+    tensors (:mod:`~filterdb.ingest.sources.onnx_file`), so the count means one thing
+    whatever the source: the number of stored floats of the model file.
+    """
+    return sum(t.numel() for t in state_dict.values() if t.is_floating_point())
 
 
 def looks_like_html(path: Path) -> bool:

@@ -27,6 +27,7 @@ from filterdb.ingest.sources.base import (
     ConvLayer,
     ModelSource,
     load_tensors,
+    parameter_count,
     require_untargeted_normal,
 )
 from filterdb.warehouse.records import ModelInfo, TrainingInfo, folded_name
@@ -56,11 +57,6 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         tensors = _unwrap(load_tensors(path), path)
     st.check_weight_dtypes(tensors, origin=path)
     return tensors
-
-
-def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Number of floating-point values in a state_dict (buffers such as BN stats included)."""
-    return sum(t.numel() for t in state_dict.values() if t.is_floating_point())
 
 
 def read_checkpoint(
