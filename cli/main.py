@@ -198,7 +198,8 @@ def layers(
     with one_line_errors():
         frame = inventory.layer_metrics(url=database_url(context), model=model)
     cached = [c for c in METRICS if frame[c].is_not_null().any()]
-    print_frame(frame.select([*inventory.LAYER_SUMMARY_COLUMNS, *cached]), title=model)
+    columns = [*inventory.LAYER_SUMMARY_COLUMNS, *cached]
+    print_frame(frame.select(columns), title=model, key="layer_name")
     if not cached:
         console.print("no metrics cached yet: run `filterdb metrics`")
 

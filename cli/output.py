@@ -54,19 +54,51 @@ def format_cell(value: object) -> str:
     return str(value)
 
 
-def print_frame(frame: pl.DataFrame, *, title: str | None = None, empty: str = "") -> None:
-    """Print ``frame`` as a table, or ``empty`` when it has no rows."""
+def print_frame(
+    frame: pl.DataFrame, *, title: str | None = None, empty: str = "", key: str | None = None
+) -> None:
+    """Print ``frame`` as a table, or ``empty`` when it has no rows.
+
+    ``key`` (default: the first column) names the rows, so it is never cut: it keeps its
+    full width on one line. When the table is wider than the terminal the other columns
+    give way: headers break after their underscores and cells wrap, never end in "…".
+    """
     if frame.height == 0:
         console.print(empty or "(no rows)")
         return
-    table = Table(title=Text(title) if title else None)
-    for column in frame.columns:
+    key = key or frame.columns[0]
+    cells = {c: [format_cell(v) for v in frame[c]] for c in frame.columns}
+    squeezed = _table_width(cells) > console.width
+    blank = [c for c in frame.columns if c != key and not any(cells[c])]
+    if squeezed and blank:  # room for the columns that say something
+        cells = {c: texts for c, texts in cells.items() if c not in blank}
+        squeezed = _table_width(cells) > console.width
+    widths = {c: max(len(c), *(len(text) for text in texts)) for c, texts in cells.items()}
+    table = Table(
+        title=Text(title) if title else None,
+        caption=Text(f"empty, not shown: {', '.join(blank)}") if len(cells) < frame.width else None,
+    )
+    for column in cells:
         numeric = frame.schema[column].is_numeric()
-        table.add_column(column, justify="right" if numeric else "left")
-    for row in frame.iter_rows():
+        header = column.replace("_", "_\n") if squeezed and column != key else column
+        table.add_column(
+            Text(header),
+            justify="right" if numeric else "left",
+            no_wrap=column == key,
+            min_width=widths[column] if column == key else None,
+            overflow="fold",
+        )
+    for row in zip(*cells.values(), strict=True):
         # Text cells: a "[...]" in a model name is data, not rich markup.
-        table.add_row(*(Text(format_cell(value)) for value in row))
+        table.add_row(*(Text(text) for text in row))
     console.print(table)
+
+
+def _table_width(cells: dict[str, list[str]]) -> int:
+    """Characters a table of ``cells`` needs unwrapped: each column its widest text, a
+    border and two spaces of padding."""
+    widths = [max(len(c), *(len(text) for text in texts)) for c, texts in cells.items()]
+    return sum(widths) + 3 * len(widths) + 1
 
 
 class OutputFormat(StrEnum):
