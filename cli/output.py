@@ -59,39 +59,50 @@ def print_frame(
 ) -> None:
     """Print ``frame`` as a table, or ``empty`` when it has no rows.
 
-    ``key`` (default: the first column) names the rows, so it is never cut: it keeps its
-    full width on one line. When the table is wider than the terminal the other columns
-    give way: headers break after their underscores and cells wrap, never end in "…".
+    ``key`` (default: the first column) names the rows and is never cut. A table wider
+    than the terminal first leaves out its empty columns (and says which); if it is still
+    too wide, each row prints as a record, one ``column  value`` line per column (as
+    psql's expanded display), so that no value is cut to "…" or folded into a sliver.
     """
     if frame.height == 0:
         console.print(empty or "(no rows)")
         return
     key = key or frame.columns[0]
     cells = {c: [format_cell(v) for v in frame[c]] for c in frame.columns}
-    squeezed = _table_width(cells) > console.width
     blank = [c for c in frame.columns if c != key and not any(cells[c])]
-    if squeezed and blank:  # room for the columns that say something
+    if _table_width(cells) > console.width and blank:  # room for the columns that say something
         cells = {c: texts for c, texts in cells.items() if c not in blank}
-        squeezed = _table_width(cells) > console.width
-    widths = {c: max(len(c), *(len(text) for text in texts)) for c, texts in cells.items()}
-    table = Table(
-        title=Text(title) if title else None,
-        caption=Text(f"empty, not shown: {', '.join(blank)}") if len(cells) < frame.width else None,
-    )
+    caption = Text(f"empty, not shown: {', '.join(blank)}") if len(cells) < frame.width else None
+    if _table_width(cells) > console.width:
+        _print_records(cells, key=key, title=title, caption=caption)
+        return
+    table = Table(title=Text(title) if title else None, caption=caption)
     for column in cells:
         numeric = frame.schema[column].is_numeric()
-        header = column.replace("_", "_\n") if squeezed and column != key else column
-        table.add_column(
-            Text(header),
-            justify="right" if numeric else "left",
-            no_wrap=column == key,
-            min_width=widths[column] if column == key else None,
-            overflow="fold",
-        )
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == key)
     for row in zip(*cells.values(), strict=True):
         # Text cells: a "[...]" in a model name is data, not rich markup.
         table.add_row(*(Text(text) for text in row))
     console.print(table)
+
+
+def _print_records(
+    cells: dict[str, list[str]], *, key: str, title: str | None, caption: Text | None
+) -> None:
+    """One block per row: ``key: value`` on its own line, then the other columns."""
+    if title:
+        console.print(Text(title))
+    for index, name in enumerate(cells[key]):
+        console.print(Text(f"{key}: {name}"), no_wrap=True, overflow="ignore", crop=False)
+        record = Table.grid(padding=(0, 2))
+        record.add_column(no_wrap=True)
+        record.add_column(overflow="fold")
+        for column, texts in cells.items():
+            if column != key:
+                record.add_row(Text(f"  {column}"), Text(texts[index]))
+        console.print(record)
+    if caption is not None:
+        console.print(caption)
 
 
 def _table_width(cells: dict[str, list[str]]) -> int:
