@@ -10,6 +10,7 @@ import typer
 
 from filterdb.cli.options import database_url
 from filterdb.cli.output import console, one_line_errors
+from filterdb.wording import counted
 
 app = typer.Typer()
 
@@ -55,8 +56,8 @@ def export(
         else:
             result = export_parquet(url=database_url(context), out=out, models=model)
     console.print(
-        f"wrote {result.n_filters:,} filters of {result.n_layers:,} layers "
-        f"({result.n_models} model{'' if result.n_models == 1 else 's'}) to {result.path}",
+        f"wrote {counted(result.n_filters, 'filter')} of {counted(result.n_layers, 'layer')} "
+        f"({counted(result.n_models, 'model')}) to {result.path}",
         markup=False,
         highlight=False,
         soft_wrap=True,

@@ -16,6 +16,7 @@ from filterdb.errors import FilterdbError
 from filterdb.ingest import DEFAULT_MODEL_DIR
 from filterdb.ingest.sources import leaderboard
 from filterdb.warehouse.records import TrainingInfo
+from filterdb.wording import counted
 
 # Library modules that load torch are imported inside the commands: `--help` stays fast.
 if TYPE_CHECKING:
@@ -189,6 +190,14 @@ def checkpoint(
             "or torchvision:<name>. Without it: 4-D weights in key order."
         ),
     ] = None,
+    input_shape: Annotated[
+        str,
+        typer.Option(
+            "--input-shape",
+            help="C,H,W of the dummy input that --arch is traced with (ImageNet models: "
+            "3,224,224).",
+        ),
+    ] = "3,32,32",
     name: NameOption = None,
     architecture: ArchitectureOption = None,
     fold_batchnorm: FoldOption = False,
@@ -211,6 +220,7 @@ def checkpoint(
             arch=arch,
             architecture=architecture,
             training=training,
+            input_shape=checkpoint_source.parse_input_shape(input_shape),
             fold_batchnorm=fold_batchnorm,
         )
     run_ingest(context, [candidate], run)
@@ -358,9 +368,9 @@ def manifest(
         if result.status != "skipped":
             console.print(summary_line(result))
         for note in result.notes:
-            console.print(f"note: {result.model_name}: {note}", markup=False, soft_wrap=True)
+            console.print(note_line(note, result.model_name), markup=False, soft_wrap=True)
     done = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
-    console.print(f"{total} rows: {done or 'none stored'}, {len(run.failures)} failed")
+    console.print(f"{counted(total, 'row')}: {done or 'none stored'}, {len(run.failures)} failed")
     report_failures(run.failures, single=False)
 
 
@@ -418,14 +428,23 @@ def run_ingest(
     for result in results:
         console.print(summary_line(result))
         for note in result.notes:
-            console.print(f"note: {note}", markup=False, soft_wrap=True)
+            console.print(note_line(note), markup=False, soft_wrap=True)
     for line in missing:
         err_console.print(f"missing: {line}", markup=False, soft_wrap=True)
     if missing:
-        err_console.print(f"{len(missing)} checkpoints missing, {len(results)} models stored")
+        err_console.print(
+            f"{counted(len(missing), 'checkpoint')} missing, "
+            f"{counted(len(results), 'model')} stored"
+        )
     report_failures(failures, single=len(candidates) == 1 and not missing)
     if missing:
         raise typer.Exit(1)
+
+
+def note_line(note: str, model: str | None = None) -> str:
+    """A source's note as printed: ``note: ...``, or ``warning: ...`` when it is one."""
+    kind, _, text = note.partition(": ") if note.startswith("warning: ") else ("note", "", note)
+    return f"{kind}: {model}: {text}" if model else f"{kind}: {text}"
 
 
 def summary_line(result: IngestResult) -> str:
@@ -434,8 +453,8 @@ def summary_line(result: IngestResult) -> str:
         f", {result.n_unreached_convs} unreached convs left out" if result.n_unreached_convs else ""
     )
     return (
-        f"{result.model_name}: {result.status}, {result.n_layers} layers, "
-        f"{result.n_filters:,} filters{unreached} ({result.seconds:.2f} s)"
+        f"{result.model_name}: {result.status}, {counted(result.n_layers, 'layer')}, "
+        f"{counted(result.n_filters, 'filter')}{unreached} ({result.seconds:.2f} s)"
     )
 
 

@@ -10,6 +10,7 @@ from filterdb.cli.ingest import Dataset, ModelDirOption, ThreatModel
 from filterdb.cli.options import database_url
 from filterdb.cli.output import console, err_console, one_line_errors, print_frame
 from filterdb.ingest import DEFAULT_MODEL_DIR
+from filterdb.wording import counted
 
 app = typer.Typer(help="RobustBench leaderboard metadata and zoo status.", no_args_is_help=True)
 
@@ -26,7 +27,7 @@ def sync(
         from filterdb.ingest.zoo_selection import sync_leaderboard
 
         result = sync_leaderboard(url=database_url(context), model_info=model_info)
-    console.print(f"updated {len(result.updated)} models")
+    console.print(f"updated {counted(len(result.updated), 'model')}")
     for name in result.not_on_leaderboard:
         err_console.print(f"not on the leaderboard: {name}", markup=False)
 

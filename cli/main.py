@@ -7,13 +7,23 @@ in this package. Commands import the library modules they call inside their bodi
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from filterdb.cli import analysis, demo, export, leaderboard, report
 from filterdb.cli import ingest as ingest_cli
-from filterdb.cli.options import EngineOption, FormatOption, LakeOption, OutputOption, database_url
+from filterdb.cli.options import (
+    DatabaseOptionGroup,
+    EngineOption,
+    FormatOption,
+    LakeOption,
+    OutputOption,
+    database_url,
+)
 from filterdb.cli.output import (
     OutputFormat,
     console,
@@ -30,8 +40,13 @@ from filterdb.warehouse.query.execute import (
     DEFAULT_MAX_ROWS,
     DEFAULT_TIMEOUT_S,
 )
+from filterdb.wording import counted
 
 app = typer.Typer(
+    cls=DatabaseOptionGroup,
+    # Typer's rich help shows every flag as taking a value ("--quiet <bool>", "--help
+    # <bool>"); the plain help writes flags as flags ("--recompute / --no-recompute").
+    rich_markup_mode=None,
     help="A data warehouse of trained 3x3 convolution filters.",
     no_args_is_help=True,
     add_completion=False,
@@ -46,6 +61,14 @@ for commands in (analysis.app, report.app, export.app, demo.app):
     app.add_typer(commands)
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        from filterdb import __version__
+
+        console.print(f"filterdb {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main_options(
     context: typer.Context,
@@ -57,6 +80,12 @@ def main_options(
             f"Default: ${URL_ENVIRONMENT_VARIABLE}, else duckdb:///filterdb.duckdb.",
         ),
     ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version and exit."
+        ),
+    ] = False,
 ) -> None:
     """A data warehouse of trained 3x3 convolution filters."""
     context.obj = db
@@ -149,20 +178,27 @@ def check(
     ] = False,
 ) -> None:
     """Verify the warehouse: filter counts, orphan rows, models without layers, half-loaded
-    models that an interrupted ingest left (``--repair`` removes those)."""
+    models that an interrupted ingest left (``--repair`` removes those).
+
+    Exit status 1 when a rule is broken. A checkpoint stored under several names is a
+    warning (one line per group of names): it is listed, the exit status stays 0.
+    """
     from filterdb.warehouse import check as consistency
 
     with one_line_errors():
         if repair:
             for line in consistency.repair(url=database_url(context)):
                 console.print(line, markup=False, soft_wrap=True)
-        problems = consistency.check(url=database_url(context))
-    for problem in problems:
+        report = consistency.check_report(url=database_url(context))
+    for problem in report.problems:
         err_console.print(f"problem: {problem}", markup=False, soft_wrap=True)
-    if problems:
-        err_console.print(f"{len(problems)} problems found")
+    for warning in report.warnings:
+        err_console.print(f"warning: {warning}", markup=False, soft_wrap=True)
+    if report.problems:
+        err_console.print(f"{counted(len(report.problems), 'problem')} found")
         raise typer.Exit(1)
-    console.print("consistent: every rule holds")
+    warned = f" ({counted(len(report.warnings), 'warning')})" if report.warnings else ""
+    console.print(f"consistent: every rule holds{warned}")
 
 
 @app.command()
@@ -176,7 +212,8 @@ def layers(
     with one_line_errors():
         frame = inventory.layer_metrics(url=database_url(context), model=model)
     cached = [c for c in METRICS if frame[c].is_not_null().any()]
-    print_frame(frame.select([*inventory.LAYER_SUMMARY_COLUMNS, *cached]), title=model)
+    columns = [*inventory.LAYER_SUMMARY_COLUMNS, *cached]
+    print_frame(frame.select(columns), title=model, key="layer_name")
     if not cached:
         console.print("no metrics cached yet: run `filterdb metrics`")
 
@@ -216,8 +253,8 @@ def metrics(
         console.print("nothing to compute: every metric is cached and current")
     else:
         console.print(
-            f"computed {result.n_values:,} values for {result.n_layers:,} layers "
-            f"of {result.n_models} models"
+            f"computed {counted(result.n_values, 'value')} for "
+            f"{counted(result.n_layers, 'layer')} of {counted(result.n_models, 'model')}"
         )
 
 
@@ -241,7 +278,16 @@ def depth_profile(
 @app.command()
 def query(
     context: typer.Context,
-    sql: Annotated[str, typer.Argument(help="One SQL statement over the documented views.")],
+    sql: Annotated[
+        str | None,
+        typer.Argument(
+            help="One SQL statement over the documented views; - reads it from stdin "
+            "(for SQL that starts with a -- comment)."
+        ),
+    ] = None,
+    sql_file: Annotated[
+        Path | None, typer.Option("--file", help="Read the SQL statement from this file.")
+    ] = None,
     fmt: FormatOption = OutputFormat.table,
     output: OutputOption = None,
     write: Annotated[
@@ -271,10 +317,14 @@ def query(
         ),
     ] = None,
 ) -> None:
-    """Run ad-hoc SQL, read-only unless --write (see the views in the README)."""
+    """Run ad-hoc SQL, read-only unless --write (see the views in the README).
+
+    The SQL is the argument, stdin (``-``) or ``--file F.sql``.
+    """
     from filterdb.errors import QueryRefused
 
     with one_line_errors():
+        sql = statement_text(sql, sql_file)
         if lake is None:
             from filterdb.warehouse.query import run_query
 
@@ -296,9 +346,53 @@ def query(
         emit_frame(frame, fmt, output)
 
 
+def statement_text(sql: str | None, sql_file: Path | None) -> str:
+    """The SQL of ``filterdb query``: the argument, stdin when it is ``-``, or ``--file``."""
+    from filterdb.errors import FilterdbError
+
+    if (sql is None) == (sql_file is None):
+        raise FilterdbError(
+            "give the SQL once: as the argument, - to read stdin, or --file F.sql"
+            if sql is None
+            else "give the SQL as the argument or with --file, not both"
+        )
+    if sql_file is not None:
+        try:
+            return sql_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or error
+            raise FilterdbError(f"cannot read {sql_file}: {reason}; check the path") from None
+    return sys.stdin.read() if sql == "-" else sql
+
+
+DEBUG_ENVIRONMENT_VARIABLE = "FILTERDB_DEBUG"
+
+
 def main() -> None:
-    """Entry point of the ``filterdb`` console script."""
-    app()
+    """Entry point of the ``filterdb`` console script.
+
+    Expected failures are one line already (:func:`filterdb.cli.output.one_line_errors`);
+    anything else is a bug, and a user still gets one line that says so, with the
+    traceback only when ``$FILTERDB_DEBUG`` is set.
+    """
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except Exception as error:
+        if os.environ.get(DEBUG_ENVIRONMENT_VARIABLE):
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        err_console.print(
+            f"error: internal error ({type(error).__name__}: {first_line}); this is a bug in "
+            f"filterdb: rerun with {DEBUG_ENVIRONMENT_VARIABLE}=1 for the traceback and "
+            "report it",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -2,21 +2,78 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from filterdb.cli.output import OutputFormat, one_line_errors
 
 
 def database_url(context: typer.Context) -> str | None:
-    """The ``--db`` value given to the top-level command (``None``: the default)."""
+    """The ``--db`` value, given before or after the subcommand (``None``: the default)."""
     return context.find_root().obj
+
+
+class DatabaseOptionGroup(TyperGroup):
+    """The root group: its ``--db`` is also accepted after every command that opens the
+    database (``filterdb models --db URL`` as well as ``filterdb --db URL models``).
+
+    A command opens the database when it takes a ``typer.Context`` (it reads ``--db`` with
+    :func:`database_url`); such a command gets a copy of the root's ``--db`` that stores its
+    value where :func:`database_url` looks. Typer builds this group after its subcommands,
+    so every command exists when ``__init__`` runs.
+    """
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)
+        (root_option,) = (p for p in self.params if p.name == "db")
+        for command in _commands(self):
+            if _takes_context(command) and not any(p.name == "db" for p in command.params):
+                command.params.append(_after_subcommand(root_option))
+
+
+def _commands(group: TyperGroup) -> Iterator[TyperCommand]:
+    for command in group.commands.values():
+        if isinstance(command, TyperGroup):
+            yield from _commands(command)
+        else:
+            yield command
+
+
+def _takes_context(command: TyperCommand) -> bool:
+    if command.callback is None:
+        return False
+    parameters = inspect.signature(command.callback).parameters.values()
+    return any(p.annotation in (typer.Context, "typer.Context") for p in parameters)
+
+
+def _after_subcommand(root_option: typer.CallbackParam) -> typer.CallbackParam:
+    """The root's ``--db`` for a subcommand: the same name, type and help, no value passed
+    to the command (the root group's callback has run by then and set the default)."""
+
+    def store(context: typer.Context, param: typer.CallbackParam, value: str | None) -> None:
+        if value is None:
+            return
+        root = context.find_root()
+        if root.obj is not None and root.obj != value:
+            raise typer.BadParameter(
+                f"given twice ({root.obj} before the command, {value} after it); give it once",
+                ctx=context,
+                param=param,
+            )
+        root.obj = value
+
+    option = copy.copy(root_option)
+    option.expose_value = False
+    option.callback = store
+    return option
 
 
 FormatOption = Annotated[

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from filterdb.errors import FilterdbError
 from filterdb.reports.document import markdown_table
+from filterdb.wording import counted
 
 # Piped output is read by programs or saved: do not squeeze tables into 80 columns.
 PIPED_WIDTH = 200
@@ -39,7 +40,7 @@ def one_line_errors() -> Iterator[None]:
     """Turn expected failures into one line on stderr and exit status 1."""
     try:
         yield
-    except FilterdbError as error:  # expected failures only; bugs keep their traceback
+    except FilterdbError as error:  # expected failures only; a bug goes on to main()
         err_console.print(f"error: {error}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
@@ -53,19 +54,62 @@ def format_cell(value: object) -> str:
     return str(value)
 
 
-def print_frame(frame: pl.DataFrame, *, title: str | None = None, empty: str = "") -> None:
-    """Print ``frame`` as a table, or ``empty`` when it has no rows."""
+def print_frame(
+    frame: pl.DataFrame, *, title: str | None = None, empty: str = "", key: str | None = None
+) -> None:
+    """Print ``frame`` as a table, or ``empty`` when it has no rows.
+
+    ``key`` (default: the first column) names the rows and is never cut. A table wider
+    than the terminal first leaves out its empty columns (and says which); if it is still
+    too wide, each row prints as a record, one ``column  value`` line per column (as
+    psql's expanded display), so that no value is cut to "…" or folded into a sliver.
+    """
     if frame.height == 0:
         console.print(empty or "(no rows)")
         return
-    table = Table(title=Text(title) if title else None)
-    for column in frame.columns:
+    key = key or frame.columns[0]
+    cells = {c: [format_cell(v) for v in frame[c]] for c in frame.columns}
+    blank = [c for c in frame.columns if c != key and not any(cells[c])]
+    if _table_width(cells) > console.width and blank:  # room for the columns that say something
+        cells = {c: texts for c, texts in cells.items() if c not in blank}
+    caption = Text(f"empty, not shown: {', '.join(blank)}") if len(cells) < frame.width else None
+    if _table_width(cells) > console.width:
+        _print_records(cells, key=key, title=title, caption=caption)
+        return
+    table = Table(title=Text(title) if title else None, caption=caption)
+    for column in cells:
         numeric = frame.schema[column].is_numeric()
-        table.add_column(column, justify="right" if numeric else "left")
-    for row in frame.iter_rows():
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=column == key)
+    for row in zip(*cells.values(), strict=True):
         # Text cells: a "[...]" in a model name is data, not rich markup.
-        table.add_row(*(Text(format_cell(value)) for value in row))
+        table.add_row(*(Text(text) for text in row))
     console.print(table)
+
+
+def _print_records(
+    cells: dict[str, list[str]], *, key: str, title: str | None, caption: Text | None
+) -> None:
+    """One block per row: ``key: value`` on its own line, then the other columns."""
+    if title:
+        console.print(Text(title))
+    for index, name in enumerate(cells[key]):
+        console.print(Text(f"{key}: {name}"), no_wrap=True, overflow="ignore", crop=False)
+        record = Table.grid(padding=(0, 2))
+        record.add_column(no_wrap=True)
+        record.add_column(overflow="fold")
+        for column, texts in cells.items():
+            if column != key:
+                record.add_row(Text(f"  {column}"), Text(texts[index]))
+        console.print(record)
+    if caption is not None:
+        console.print(caption)
+
+
+def _table_width(cells: dict[str, list[str]]) -> int:
+    """Characters a table of ``cells`` needs unwrapped: each column its widest text, a
+    border and two spaces of padding."""
+    widths = [max(len(c), *(len(text) for text in texts)) for c, texts in cells.items()]
+    return sum(widths) + 3 * len(widths) + 1
 
 
 class OutputFormat(StrEnum):
@@ -91,7 +135,7 @@ def emit_frame(
             f"cannot write {output}: {error.strerror or error}; check the path"
         ) from None
     if written:
-        err_console.print(f"wrote {frame.height} rows to {output}")
+        err_console.print(f"wrote {counted(frame.height, 'row')} to {output}")
 
 
 def _write_frame(

@@ -25,6 +25,7 @@ from filterdb.cli.output import (
     print_frame,
 )
 from filterdb.cli.progress import compute_progress
+from filterdb.wording import counted
 
 app = typer.Typer()
 
@@ -85,8 +86,8 @@ def robust_vs_normal(
         )
     pairing = result.pairing
     console.print(
-        f"{len(pairing.pairs)} pairs: {len(pairing.robust_models)} robust, "
-        f"{len(pairing.normal_models)} normal models; test: {result.statistics['test'][0]}; "
+        f"{counted(len(pairing.pairs), 'pair')}: {len(pairing.robust_models)} robust, "
+        f"{len(pairing.normal_models)} normal; test: {result.statistics['test'][0]}; "
         f"weights {result.weights_form}"
     )
     for label, names in (
@@ -172,7 +173,7 @@ def gallery(
             raise FilterdbError("--layer and --first both name a layer; give one of them")
         drawn = write_gallery(model, url=database_url(context), layer=layer, out_dir=out)
     console.print(
-        f"{drawn.model} {drawn.layer}: {drawn.kernels_shown} of {drawn.kernels} kernels "
+        f"{drawn.model} {drawn.layer}: {drawn.kernels_shown} of {counted(drawn.kernels, 'kernel')} "
         f"({drawn.normalisation})",
         markup=False,
         soft_wrap=True,

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from filterdb.reports.export import ExportResult
     from filterdb.reports.gallery import Gallery
     from filterdb.reports.robust_vs_normal import ReportResult
+    from filterdb.warehouse.check import CheckReport
     from filterdb.warehouse.records import TrainingInfo
 
 
@@ -78,6 +79,13 @@ class FilterDB:
 
         return check.repair(url=self.url)
 
+    def check_report(self) -> CheckReport:
+        """Broken rules and warnings (a checkpoint stored under several names), as
+        ``filterdb check`` prints them."""
+        from filterdb.warehouse import check
+
+        return check.check_report(url=self.url)
+
     # --- ingestion ------------------------------------------------------------------------
 
     def ingest_checkpoint(
@@ -87,6 +95,7 @@ class FilterDB:
         name: str | None = None,
         arch: str | None = None,
         training: TrainingInfo | None = None,
+        input_shape: tuple[int, ...] = (1, 3, 32, 32),
         fold_batchnorm: bool = False,
         device: str = "auto",
         force: bool = False,
@@ -95,14 +104,20 @@ class FilterDB:
     ) -> IngestResult:
         """Store every 3x3 filter of a torch checkpoint (``arch``: ``zoo:``, ``timm:``, ...).
 
-        ``fold_batchnorm`` stores the weights as the papers' ONNX exports had them
-        (weights form ``bn_folded``, default name ``<stem>+bn_folded``); it needs ``arch``.
+        ``input_shape`` is the dummy input ``arch`` is traced with. ``fold_batchnorm``
+        stores the weights as the papers' ONNX exports had them (weights form
+        ``bn_folded``, default name ``<stem>+bn_folded``); it needs ``arch``.
         """
         from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 
         candidate = checkpoint_candidate(
-            Path(path), name=name, arch=arch, training=training, fold_batchnorm=fold_batchnorm
+            Path(path),
+            name=name,
+            arch=arch,
+            training=training,
+            input_shape=input_shape,
+            fold_batchnorm=fold_batchnorm,
         )
         return ingest(
             candidate,

@@ -163,7 +163,7 @@ def test_a_well_formed_onnx_conv_is_stored(duckdb_url, tmp_path):
     path = conv_file(tmp_path / "fine.onnx", FLOAT_WEIGHT, group=2)
     result = invoke("--db", duckdb_url, "ingest", "onnx", path, "--device", "cpu", "-q")
     assert result.exit_code == 0, result.output
-    assert "1 layers, 16 filters" in result.output
+    assert "1 layer, 16 filters" in result.output
 
 
 # --- Names are data --------------------------------------------------------------------------

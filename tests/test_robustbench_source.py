@@ -131,9 +131,9 @@ def test_zoo_model_loads_bit_identical_without_sub_block1(carmon_dir, shared_dat
         CARMON[2], dataset=CARMON[0], threat_model=CARMON[1], model_dir=model_dir
     )
     assert identity == [path]
-    assert info.n_parameters == sum(
-        v.numel() for k, v in saved.items() if not k.endswith(BN_BUFFERS)
-    )
+    # n_parameters counts every float of the checkpoint, BatchNorm statistics included, as
+    # every other source does (issue 15).
+    assert info.n_parameters == sum(v.numel() for v in saved.values() if v.is_floating_point())
     assert (info.architecture, info.family) == ("WideResNet-28-10", "WideResNet")
     assert info.training == entry.training
     assert info.training is not entry.training
@@ -170,7 +170,11 @@ def test_bare_state_dict_without_leaderboard(tmp_path):
     # Hendrycks2020AugMixWRNNet is a per-entry subclass: the family is the class above it.
     assert source.info.family == "WideResNet"
     # No leaderboard entry: the size keeps WRN-40-2 apart from other WideResNets.
-    assert source.info.architecture == f"WideResNet ({source.info.n_parameters:,} parameters)"
+    # That size counts learnable parameters (BatchNorm statistics left out), as it always has.
+    dataset, threat, name = AUGMIX
+    built = zoo.build_zoo_architecture(name, dataset=dataset, threat_model=threat)
+    learnable = sum(p.numel() for p in built.parameters())
+    assert source.info.architecture == f"WideResNet ({learnable:,} parameters)"
     training = source.info.training
     assert (training.training_type, training.training_dataset, training.threat_model) == (
         "adversarial",

@@ -197,7 +197,7 @@ def test_check_names_each_damage_in_one_exact_line(db_url, checkpoint, rule):
             connection.execute(sa.text(statement))
     result = invoke("--db", db_url, "check")
     assert result.exit_code == 1
-    assert result.output.splitlines() == [f"problem: {line}", "1 problems found"]
+    assert result.output.splitlines() == [f"problem: {line}", "1 problem found"]
 
 
 # --- layers, depth-profile, query ----------------------------------------------------------
@@ -209,7 +209,18 @@ def markdown_rows(text: str) -> list[list[str]]:
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[:1] + lines[2:]]
 
 
-def test_layers_and_depth_profile_and_markdown_query_through_the_cli(db_url, checkpoint):
+@pytest.fixture
+def wide_terminal(monkeypatch) -> None:
+    """A terminal wide enough for every column: the tables below are read as tables (a
+    narrower one prints each row as a record, tests/test_rough_edges.py)."""
+    from filterdb.cli import output
+
+    monkeypatch.setattr(output.console, "width", 400)
+
+
+def test_layers_and_depth_profile_and_markdown_query_through_the_cli(
+    db_url, checkpoint, wide_terminal
+):
     path, state = checkpoint
     assert ingest_checkpoint(db_url, path).exit_code == 0
     assert invoke("--db", db_url, "metrics", "-q", "--device", "cpu").exit_code == 0
@@ -325,7 +336,9 @@ def status_of(url: str, model_dir: Path) -> tuple[str, str]:
     return [cell.strip() for cell in row.strip("│").split("│")][2], result.output.splitlines()[-1]
 
 
-def test_leaderboard_status_states_and_sync_from_a_url(duckdb_url, zoo_dir, shared_data):
+def test_leaderboard_status_states_and_sync_from_a_url(
+    duckdb_url, zoo_dir, shared_data, wide_terminal
+):
     dataset, threat, name = ZOO_ENTRY
     n_missing = len(robustbench_index.zoo_entries(dataset, threat)) - 1
     assert status_of(duckdb_url, zoo_dir) == (
@@ -359,7 +372,7 @@ def test_leaderboard_status_states_and_sync_from_a_url(duckdb_url, zoo_dir, shar
             server.shutdown()
             thread.join()
     assert synced.exit_code == 0, synced.output
-    assert "updated 1 models" in synced.output
+    assert "updated 1 model" in synced.output
     assert QuietHandler.served == [f"/{dataset}/{threat}/{name}.json"]
     entry = json.loads((model_info / dataset / threat / f"{name}.json").read_text())
     models = rows(duckdb_url, "SELECT clean_acc, autoattack_acc, venue FROM training")

@@ -171,7 +171,7 @@ def test_leaderboard_sync_fills_models_ingested_without_it(duckdb_url, model_dir
         "--model-info",
         shared_data / "robustbench_model_info",
     )
-    assert result.exit_code == 0 and "updated 1 models" in result.output
+    assert result.exit_code == 0 and "updated 1 model\n" in result.output
     with engine_for(duckdb_url) as engine, engine.connect() as connection:
         after = read_frame(connection, "SELECT clean_acc, training_type FROM v_models").row(0)
     assert after[0] is not None and after[1] == "adversarial"
@@ -190,7 +190,7 @@ def test_leaderboard_sync_fills_a_folded_model_from_its_entry(duckdb_url, model_
         "--model-info",
         shared_data / "robustbench_model_info",
     )
-    assert result.exit_code == 0 and "updated 1 models" in result.output
+    assert result.exit_code == 0 and "updated 1 model\n" in result.output
     with engine_for(duckdb_url) as engine, engine.connect() as connection:
         row = read_frame(connection, "SELECT clean_acc, weights_form FROM v_models").row(0)
     assert row[0] is not None and row[1] == "bn_folded"

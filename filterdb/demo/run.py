@@ -37,6 +37,7 @@ from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 from filterdb.warehouse import inventory, migrate
 from filterdb.warehouse.database import resolve_url
 from filterdb.warehouse.records import TrainingInfo
+from filterdb.wording import counted
 
 TRAINING_DATASET = "digits"
 ARCHITECTURE = "DigitsCNN"
@@ -113,7 +114,10 @@ def run_demo(
 
     computed = cache.compute_metrics(url=url, models=[normal.name, robust.name])
     if computed.n_layers:
-        say(f"metrics: {computed.n_values} values computed for {computed.n_layers} layers")
+        say(
+            f"metrics: {counted(computed.n_values, 'value')} computed for "
+            f"{counted(computed.n_layers, 'layer')}"
+        )
     else:
         say("metrics: every value already cached")
     report = write_robust_vs_normal_report(
@@ -225,7 +229,10 @@ def _ingest(model: DemoModel, url: str, settings: TrainingSettings, say: StepCal
     # The demo owns its two names: a checkpoint from another run (another --out directory,
     # --retrain) replaces the stored model; the same bytes are skipped.
     result = ingest(candidate, url=url, force=_stored_from_other_bytes(url, model))
-    say(f"{model.name}: {result.status} ({result.n_layers} layers, {result.n_filters:,} filters)")
+    say(
+        f"{model.name}: {result.status} ({counted(result.n_layers, 'layer')}, "
+        f"{counted(result.n_filters, 'filter')})"
+    )
     return replace(model, ingest_status=result.status)
 
 

@@ -130,7 +130,9 @@ def ingest(
         source = attempt.timed("read", candidate.read)
         source.info.checkpoint_sha256 = sha256
         check_weights_fit_files(source, candidate.paths)
-        attempt.notes = tuple(source.notes)
+        with engine.connect() as connection:
+            twins = _stored_from_same_bytes(connection, candidate, sha256)
+        attempt.notes = (*_twin_notes(twins, sha256), *source.notes)
         report(IngestEvent(candidate.name, "extracting", 0.4))
         on_cpu = "cpu" if str(device) == "auto" else device
         extracted = attempt.timed(
@@ -237,6 +239,32 @@ def _stored_identity(connection: Connection, name: str) -> tuple[int, str, str] 
         )
     ).first()
     return None if row is None else (row.model_id, row.checkpoint_sha256, row.weights_form)
+
+
+def _stored_from_same_bytes(connection: Connection, candidate: Candidate, sha256: str) -> list[str]:
+    """Names of other models stored from these bytes in this weights form."""
+    model = schema.model.c
+    return list(
+        connection.execute(
+            sa.select(model.name)
+            .where(
+                model.checkpoint_sha256 == sha256,
+                model.weights_form == candidate.weights_form,
+                model.name != candidate.name,
+            )
+            .order_by(model.name)
+        ).scalars()
+    )
+
+
+def _twin_notes(twins: list[str], sha256: str) -> list[str]:
+    if not twins:
+        return []
+    return [
+        f"warning: the same checkpoint (sha256 {sha256[:12]}) is already stored as "
+        f"{', '.join(twins)}; comparisons will count these weights twice (`filterdb check` "
+        "lists such groups)"
+    ]
 
 
 def _unchanged(

@@ -119,19 +119,60 @@ LEFTOVER_HINT = (
 )
 
 
-def check(*, url: str | None = None) -> list[str]:
-    """Run every consistency check; returns one line per problem (empty: consistent).
+# Warnings: allowed states a person should know about. A checkpoint stored under two names
+# is a warning, not a problem: each copy is complete and consistent, and storing one file
+# twice on purpose (a zoo entry under its alias) is legitimate; but a comparison over
+# models then counts those weights twice.
+WARNINGS = (
+    Check(
+        rule="every checkpoint is stored once (per weights form)",
+        sql="""
+SELECT checkpoint_sha256, weights_form, COUNT(*) AS n,
+    STRING_AGG(name, ', ' ORDER BY name) AS models
+FROM model WHERE checkpoint_sha256 IS NOT NULL
+GROUP BY checkpoint_sha256, weights_form HAVING COUNT(*) > 1
+ORDER BY models""",
+        describe="models {models} are stored from the same checkpoint (sha256 "
+        "{checkpoint_sha256:.12}, weights form {weights_form}); keep one name unless "
+        "each is meant",
+    ),
+)
 
-    Models left half-loaded by an interrupted ingest come first, one line each.
+
+@dataclass(frozen=True)
+class CheckReport:
+    """``problems`` break a rule of :data:`CHECKS`; ``warnings`` come from :data:`WARNINGS`.
+
+    One line each; the warehouse is consistent when ``problems`` is empty.
+    """
+
+    problems: list[str]
+    warnings: list[str]
+
+
+def check(*, url: str | None = None) -> list[str]:
+    """Run every consistency check; returns one line per problem (empty: consistent)."""
+    return check_report(url=url).problems
+
+
+def check_report(*, url: str | None = None) -> CheckReport:
+    """Run every consistency check and every warning rule, one line per offending row.
+
+    Models left half-loaded by an interrupted ingest come first among the problems.
     """
     with engine_for(url) as engine:
         require_head(engine)
         with engine.connect() as connection:
-            problems = [left.describe() + LEFTOVER_HINT for left in loading_models(connection)]
-            for rule in CHECKS:
-                for row in connection.exec_driver_sql(rule.sql).mappings():
-                    problems.append(rule.describe.format(**row))
-    return problems
+            problems, warnings = (
+                [
+                    rule.describe.format(**row)
+                    for rule in rules
+                    for row in connection.exec_driver_sql(rule.sql).mappings()
+                ]
+                for rules in (CHECKS, WARNINGS)
+            )
+            leftovers = [left.describe() + LEFTOVER_HINT for left in loading_models(connection)]
+    return CheckReport(problems=leftovers + problems, warnings=warnings)
 
 
 def repair(*, url: str | None = None) -> list[str]:

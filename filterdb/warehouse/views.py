@@ -96,7 +96,11 @@ V_MODELS = View(
         "source": "Where it came from: robustbench, checkpoint, onnx, timm, torchvision or hf.",
         "architecture": _TRAINING_COLUMNS["architecture"],
         "family": "Architecture family (WideResNet, ResNet, ...), when known.",
-        "n_parameters": "Number of parameters of the checkpoint.",
+        "n_parameters": (
+            "Floating-point values in the model file, counted alike for every source: all "
+            "float tensors of the checkpoint (parameters and buffers such as BatchNorm "
+            "statistics) or of the ONNX initializers and Constants."
+        ),
         "training_dataset": _TRAINING_COLUMNS["training_dataset"],
         "pretraining_dataset": "Dataset of pre-training, when there was one.",
         "training_type": _TRAINING_COLUMNS["training_type"],

@@ -8,8 +8,10 @@ them into rows; nothing downstream knows where a model came from.
 from __future__ import annotations
 
 import hashlib
+import pickle
+import struct
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -117,6 +119,18 @@ def files_sha256(paths: list[Path]) -> str:
     return digest.hexdigest()
 
 
+def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:
+    """``n_parameters`` of every torch source: the floating-point values of all tensors in
+    the checkpoint, learnable parameters and buffers (BatchNorm running statistics) alike;
+    integer buffers (``num_batches_tracked``) are counters, not weights.
+
+    ONNX files count the same way over their floating-point initializers and Constant
+    tensors (:mod:`~filterdb.ingest.sources.onnx_file`), so the count means one thing
+    whatever the source: the number of stored floats of the model file.
+    """
+    return sum(t.numel() for t in state_dict.values() if t.is_floating_point())
+
+
 def looks_like_html(path: Path) -> bool:
     """True when ``path`` starts like an HTML page: what a failed download often leaves."""
     with open(path, "rb") as handle:
@@ -129,7 +143,9 @@ def load_tensors(path: Path) -> object:
     """``torch.load(path, weights_only=True)``: tensors and plain containers, never code.
 
     Raises a one-line :class:`SourceError` naming the cause: an HTML page (a failed
-    download), a pickle that would run code, a corrupt or truncated file.
+    download), an ONNX file (``filterdb ingest onnx`` reads those), a pickle that would run
+    code, too little memory, a corrupt or truncated file. Other failures keep their
+    traceback: they are bugs, not bad files.
     """
     import torch
 
@@ -143,23 +159,71 @@ def load_tensors(path: Path) -> object:
         return torch.load(
             path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
         )
-    # Foreign or truncated bytes make torch's unpickler fail in many ways (UnpicklingError,
-    # EOFError, KeyError, IndexError from its stack, ...): any failure here means the file
-    # is not a checkpoint we can read.
-    except Exception as error:
-        text = str(error)
-        if "GLOBAL" in text:
-            # torch names the global the pickle wanted to call: code, not tensors.
-            raise SourceError(
-                f"{path} was refused: unpickling it needs code execution; filterdb loads tensors "
-                "only (weights_only=True), so re-save it as a plain state_dict of tensors"
-            ) from None
-        reason = "not a pickle of tensors" if "Weights only load failed" in text else None
-        reason = reason or (text.strip().splitlines() or [type(error).__name__])[-1][:120]
-        raise SourceError(
-            f"{path} is not a readable torch checkpoint ({reason}); the file is corrupt or "
-            "truncated: fetch it again"
-        ) from None
+    except UNREADABLE_CHECKPOINT_ERRORS as error:
+        raise load_failure(path, error) from None
+
+
+# Foreign or truncated bytes make torch's unpickler fail in many ways: UnpicklingError,
+# EOFError, KeyError and IndexError from its stack, RuntimeError from its zip reader,
+# UnicodeDecodeError, struct.error. MemoryError is here to get its own message.
+UNREADABLE_CHECKPOINT_ERRORS = (
+    pickle.UnpicklingError,
+    EOFError,
+    KeyError,
+    IndexError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    RuntimeError,
+    struct.error,
+    zipfile.BadZipFile,
+    MemoryError,
+)
+# torch's CPU allocator reports a failed allocation as a RuntimeError with this text.
+_OUT_OF_MEMORY_TEXT = ("can't allocate memory", "not enough memory", "out of memory")
+
+
+def load_failure(path: Path, error: BaseException) -> SourceError:
+    """The one-line :class:`SourceError` for ``torch.load(path)`` failing with ``error``."""
+    text = str(error)
+    if isinstance(error, MemoryError) or any(t in text.lower() for t in _OUT_OF_MEMORY_TEXT):
+        return SourceError(
+            f"{path}: out of memory while loading it ({type(error).__name__}); the file "
+            "may be fine: free memory, or load it on a machine with more"
+        )
+    if "GLOBAL" in text:
+        # torch names the global the pickle wanted to call: code, not tensors.
+        return SourceError(
+            f"{path} was refused: unpickling it needs code execution; filterdb loads tensors "
+            "only (weights_only=True), so re-save it as a plain state_dict of tensors"
+        )
+    if looks_like_onnx(path):
+        return SourceError(
+            f"{path} is an ONNX file, not a torch checkpoint; use `filterdb ingest onnx {path}`"
+        )
+    reason = "not a pickle of tensors" if "Weights only load failed" in text else None
+    reason = reason or (text.strip().splitlines() or [type(error).__name__])[-1][:120]
+    return SourceError(
+        f"{path} is not a readable torch checkpoint ({reason}); the file is corrupt or "
+        "truncated: fetch it again"
+    )
+
+
+def looks_like_onnx(path: Path) -> bool:
+    """True when ``path`` parses as an ONNX ModelProto with a graph (protobuf, not torch)."""
+    with open(path, "rb") as handle:
+        # Field 1 of ModelProto (ir_version, a varint) is the first thing every exporter
+        # writes: tag byte 0x08. A torch zip starts with "PK", a torch pickle with 0x80.
+        if handle.read(1) != b"\x08":
+            return False
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except (DecodeError, ValueError, OSError):
+        return False
+    return model.ir_version > 0 and len(model.graph.node) > 0
 
 
 def check_weights_fit_files(source: ModelSource, paths: list[Path]) -> None:

@@ -27,6 +27,7 @@ from filterdb.ingest.sources.base import (
     ConvLayer,
     ModelSource,
     load_tensors,
+    parameter_count,
     require_untargeted_normal,
 )
 from filterdb.warehouse.records import ModelInfo, TrainingInfo, folded_name
@@ -56,11 +57,6 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         tensors = _unwrap(load_tensors(path), path)
     st.check_weight_dtypes(tensors, origin=path)
     return tensors
-
-
-def parameter_count(state_dict: Mapping[str, torch.Tensor]) -> int:
-    """Number of floating-point values in a state_dict (buffers such as BN stats included)."""
-    return sum(t.numel() for t in state_dict.values() if t.is_floating_point())
 
 
 def read_checkpoint(
@@ -105,7 +101,37 @@ def read_checkpoint(
         training=training or TrainingInfo(),
     )
     notes = [note] if (note := st.float64_note(state_dict)) else []
+    if arch is None:
+        notes.append(key_order_note("pass --arch (robustbench:..., timm:... or torchvision:...)"))
     return ModelSource(info, convs, depth_method, n_unreached, notes=notes)
+
+
+def key_order_note(fix: str) -> str:
+    """The warning for a model stored without an architecture: depth is only key order.
+
+    ``fix`` says how this source gets an architecture. Key order is not graph depth: 4 of
+    resnet18's 16 layers land in another depth bin than with ``--arch`` (issue 15).
+    """
+    return (
+        "warning: no architecture, so conv depth is the state_dict key order (depth_method "
+        f"key_order), which can put layers in the wrong depth bin; {fix} for graph depth"
+    )
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"3,224,224"`` (C,H,W) or ``"1,3,224,224"`` as the shape of one traced input.
+
+    Raises :class:`SourceError` for anything but three or four positive integers.
+    """
+    try:
+        sizes = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) not in (3, 4) or min(sizes) < 1:
+        raise SourceError(
+            f"--input-shape {text!r} is not C,H,W; give three positive integers, e.g. 3,224,224"
+        )
+    return sizes if len(sizes) == 4 else (1, *sizes)
 
 
 def default_name(path: Path, *, fold_batchnorm: bool = False) -> str:

@@ -134,7 +134,11 @@ def hf_candidate(
                 architecture=architecture or arch,
                 model_kwargs=_model_kwargs(config),
             )
-        from filterdb.ingest.sources.checkpoint import convs_in_key_order, parameter_count
+        from filterdb.ingest.sources.checkpoint import (
+            convs_in_key_order,
+            key_order_note,
+            parameter_count,
+        )
 
         info = ModelInfo(
             name=model_name,
@@ -147,6 +151,12 @@ def hf_candidate(
             training=training or TrainingInfo(),
         )
         notes = [note] if (note := st.float64_note(state_dict)) else []
+        notes.append(
+            key_order_note(
+                "its config.json names no timm architecture: `filterdb ingest checkpoint "
+                "FILE --arch timm:NAME` on the downloaded file"
+            )
+        )
         return ModelSource(info, convs_in_key_order(state_dict), "key_order", notes=notes)
 
     return Candidate(name=model_name, source="hf", paths=identity, read=read)

@@ -15,6 +15,7 @@ that needs code is refused before robustbench sees it. robustbench is imported t
 
 from __future__ import annotations
 
+import importlib.metadata
 import zipfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 
 from filterdb.errors import CheckpointMissing, SourceError
-from filterdb.ingest.sources.base import Candidate, ModelSource, load_tensors
+from filterdb.ingest.sources.base import Candidate, ModelSource, load_tensors, parameter_count
 from filterdb.ingest.sources.leaderboard import LeaderboardEntry, training_type_of
 from filterdb.ingest.sources.robustbench_compat import import_robustbench
 from filterdb.ingest.sources.robustbench_index import (
@@ -37,7 +38,15 @@ from filterdb.ingest.sources.robustbench_index import (
 from filterdb.ingest.sources.torch_graph import trace_convs
 from filterdb.warehouse.records import ModelInfo, TrainingInfo
 
-PRODUCER = "robustbench 1.1.1"
+
+def producer() -> str:
+    """``robustbench <installed version>``, read from the package metadata (no import)."""
+    try:
+        return f"robustbench {importlib.metadata.version('robustbench')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "robustbench"
+
+
 # Where robustbench loads each ensemble file <name>.pt_m<i>.pt (robustbench/utils.py
 # load_model); any other ensemble keeps its members in `models`. Bai2023Improving's third
 # file also fills a BatchNorm1d beside the policy net, which holds no conv.
@@ -215,11 +224,12 @@ def load_zoo_model(
     # then only as good as its weakest member's.
     depth_method = "graph" if depth_methods == {"graph"} else "execution_order"
 
-    n_parameters = sum(p.numel() for p in model.parameters())
     # Without the leaderboard's name ("WideResNet-28-10") the class name alone would make
-    # WRN-28-10 and WRN-34-10 one architecture for pairing; the size tells them apart.
+    # WRN-28-10 and WRN-34-10 one architecture for pairing; the size tells them apart. The
+    # name counts learnable parameters, as it always has (stored names must not change).
+    learnable = sum(p.numel() for p in model.parameters())
     architecture = (leaderboard.architecture if leaderboard else None) or (
-        f"{family} ({n_parameters:,} parameters)"
+        f"{family} ({learnable:,} parameters)"
     )
     info = ModelInfo(
         name=zoo_model_name(
@@ -230,8 +240,8 @@ def load_zoo_model(
         source_uri=str(paths[0].with_name(f"{name}.pt")),
         architecture=architecture,
         family=family,
-        n_parameters=n_parameters,
-        producer=PRODUCER,
+        n_parameters=parameter_count(model.state_dict()),
+        producer=producer(),
         weights_form="bn_folded" if fold_batchnorm else "raw",
         training=training,
     )

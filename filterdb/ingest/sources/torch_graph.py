@@ -234,7 +234,8 @@ def _convs_by_execution_order(
         raise SourceError(
             f"{type(module).__name__} does not trace with torch.fx and fails on a dummy input "
             f"of shape {tuple(input_shape)} ({type(error).__name__}: {message}); "
-            "pass the model's input shape as input_shape"
+            "give the input shape it takes: `ingest checkpoint --input-shape C,H,W`, or "
+            "input_shape=(1, C, H, W) from Python"
         ) from error
     finally:
         for handle in handles:

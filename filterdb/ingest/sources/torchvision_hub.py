@@ -98,6 +98,7 @@ def torchvision_candidate(
     info = _training(entry.meta, training)
 
     def read() -> ModelSource:
+        from filterdb.ingest.sources.base import parameter_count
         from filterdb.ingest.sources.checkpoint import load_state_dict
         from filterdb.ingest.sources.torch_graph import trace_convs
 
@@ -111,7 +112,7 @@ def torchvision_candidate(
             source_uri=entry.url,
             architecture=architecture or model,
             family=type(module).__name__,
-            n_parameters=entry.meta.get("num_params"),
+            n_parameters=parameter_count(state_dict),
             producer=f"torchvision {_torchvision_version()}",
             training=info,
         )
