@@ -67,6 +67,8 @@ def test_a_manifest_on_dask_stores_the_rows_of_a_local_ingest(db_url, tmp_path, 
     (tmp_path / "zoo" / "broken.pt").write_text("<html>not a checkpoint</html>")
     manifest_rows.insert(1, {"name": "broken", "path": "zoo/broken.pt"})  # fails on a worker
     manifest_rows.append({"name": "absent", "path": "zoo/absent.pt"})  # fails on the client
+    # The first model's file again under another name: warned as at a local ingest.
+    manifest_rows.append({"name": "alias", "path": manifest_rows[0]["path"]})
     manifest = write_csv(tmp_path / "models.csv", manifest_rows)
     events = []
     on_dask = ingest_manifest(
@@ -76,10 +78,12 @@ def test_a_manifest_on_dask_stores_the_rows_of_a_local_ingest(db_url, tmp_path, 
         local = ingest_manifest(manifest, url=local_url, device="cpu", engine="local")
         expected = rows(local_url)
     assert rows(db_url) == expected
-    assert len(expected["filter"]) == 4 * 96
-    assert [(r.model_name, r.status) for r in on_dask.results] == [
-        (r.model_name, r.status) for r in local.results
+    assert len(expected["filter"]) == 5 * 96
+    assert [(r.model_name, r.status, r.notes) for r in on_dask.results] == [
+        (r.model_name, r.status, r.notes) for r in local.results
     ]
+    alias = next(r for r in on_dask.results if r.model_name == "alias")
+    assert any(note.startswith("warning: the same checkpoint") for note in alias.notes)
     assert [(name, str(error)) for name, error in on_dask.failures] == [
         (name, str(error)) for name, error in local.failures
     ]
@@ -100,5 +104,5 @@ def test_a_manifest_on_dask_stores_the_rows_of_a_local_ingest(db_url, tmp_path, 
         app, ["--db", db_url, "ingest", "manifest", str(manifest), "--engine", engine, "-q"]
     )
     assert result.exit_code == 1  # the two bad rows fail again
-    assert "6 rows: 4 skipped, 2 failed" in result.stdout
+    assert "7 rows: 5 skipped, 2 failed" in result.stdout
     assert rows(db_url) == expected

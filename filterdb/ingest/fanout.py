@@ -27,6 +27,7 @@ from filterdb.ingest.pipeline import (
     _stored_identity,
     _unchanged,
     kept_open,
+    same_checkpoint_notes,
 )
 from filterdb.ingest.sources.base import Candidate
 from filterdb.metrics.engine import dask_client, parse_engine
@@ -108,7 +109,9 @@ def ingest_on_dask(
                 extracted, notes, seconds = future.result()
                 for phase, value in seconds.items():
                     attempt.seconds[phase] += value
-                attempt.notes = notes
+                with database.connect() as connection:
+                    twins = same_checkpoint_notes(connection, attempt.candidate, sha256s[index])
+                attempt.notes = (*twins, *notes)
                 report(IngestEvent(attempt.candidate.name, "writing", 0.6))
                 attempt.metrics = None if metrics is None else metrics.start(extracted)
                 store = functools.partial(

@@ -131,8 +131,8 @@ def ingest(
         source.info.checkpoint_sha256 = sha256
         check_weights_fit_files(source, candidate.paths)
         with engine.connect() as connection:
-            twins = _stored_from_same_bytes(connection, candidate, sha256)
-        attempt.notes = (*_twin_notes(twins, sha256), *source.notes)
+            twins = same_checkpoint_notes(connection, candidate, sha256)
+        attempt.notes = (*twins, *source.notes)
         report(IngestEvent(candidate.name, "extracting", 0.4))
         on_cpu = "cpu" if str(device) == "auto" else device
         extracted = attempt.timed(
@@ -241,10 +241,10 @@ def _stored_identity(connection: Connection, name: str) -> tuple[int, str, str] 
     return None if row is None else (row.model_id, row.checkpoint_sha256, row.weights_form)
 
 
-def _stored_from_same_bytes(connection: Connection, candidate: Candidate, sha256: str) -> list[str]:
-    """Names of other models stored from these bytes in this weights form."""
+def same_checkpoint_notes(connection: Connection, candidate: Candidate, sha256: str) -> list[str]:
+    """A warning when other models are stored from these bytes in this weights form."""
     model = schema.model.c
-    return list(
+    twins = list(
         connection.execute(
             sa.select(model.name)
             .where(
@@ -255,9 +255,6 @@ def _stored_from_same_bytes(connection: Connection, candidate: Candidate, sha256
             .order_by(model.name)
         ).scalars()
     )
-
-
-def _twin_notes(twins: list[str], sha256: str) -> list[str]:
     if not twins:
         return []
     return [
