@@ -46,7 +46,7 @@ from filterdb.cli.main import app
 from filterdb.errors import FilterdbError, NoPCA, PairingError
 from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
-from filterdb.metrics.drift import drift_matrix, drift_series
+from filterdb.metrics.drift import drift_matrix, drift_series_of_union
 from filterdb.reports.compare import compare_models
 from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 from filterdb.warehouse import migrate
@@ -427,10 +427,10 @@ def test_drift_series_uses_one_basis_for_all_bins(zoo_url, auto_report):
 
 
 def test_drift_without_a_basis_says_why(zoo_url, auto_report, monkeypatch):
-    def no_basis(_pairs, **_options):
+    def no_basis(_union, _sizes, _labels, **_options):
         raise NoPCA("no PCA: the group has 5 non-sparse filters and a PCA needs at least 9")
 
-    monkeypatch.setattr(comparison, "drift_series", no_basis)
+    monkeypatch.setattr(comparison, "drift_series_of_union", no_basis)
     drift = comparison.drift_by_depth(auto_report.pairing, url=zoo_url)
     assert drift["drift"].is_nan().all() and drift.height == auto_report.drift.height
     assert set(drift["note"]) == {
@@ -439,10 +439,10 @@ def test_drift_without_a_basis_says_why(zoo_url, auto_report, monkeypatch):
 
 
 def test_drift_without_nulls_leaves_the_null_columns_empty(zoo_url, auto_report, monkeypatch):
-    def without_null(pairs, **options):
-        return drift_series(pairs, **{**options, "n_permutations": 0})
+    def without_null(union, sizes, labels, **options):
+        return drift_series_of_union(union, sizes, labels, **{**options, "n_permutations": 0})
 
-    monkeypatch.setattr(comparison, "drift_series", without_null)
+    monkeypatch.setattr(comparison, "drift_series_of_union", without_null)
     drift = comparison.drift_by_depth(auto_report.pairing, url=zoo_url)
     assert drift["drift"].to_list() == auto_report.drift["drift"].to_list()
     assert drift["null_median"].is_nan().all() and drift["within_noise"].is_null().all()

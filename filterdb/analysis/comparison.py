@@ -19,12 +19,11 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from filterdb.analysis.groups import scaled_filters_by, stored_layers
+from filterdb.analysis.groups import scaled_union_by, stored_layers
 from filterdb.analysis.pairing import Pairing
 from filterdb.errors import NoPCA
-from filterdb.metrics.drift import NULL_SEED, drift_series
+from filterdb.metrics.drift import NULL_SEED, drift_series_of_union
 from filterdb.metrics.engine import parse_engine
-from filterdb.metrics.pca import N_WEIGHTS
 from filterdb.metrics.registry import POOLED_METRICS
 
 PAIRED_TEST = "Wilcoxon signed-rank"
@@ -347,15 +346,10 @@ def drift_by_depth(
     names = {label: tuple(f"{side}|{label}" for side in ROLES) for label in labels}
     try:
         if parse_engine(engine).is_local:
-            filters = scaled_filters_by(layers, "group", url=url)
-            empty = np.empty((0, N_WEIGHTS))
-            sides = {label: tuple(filters.get(n, empty) for n in names[label]) for label in labels}
-            sizes = {
-                n: len(group)
-                for label in labels
-                for n, group in zip(names[label], sides[label], strict=True)
-            }
-            series = drift_series(sides, seed=seed)
+            # One array for the whole series, filled once: the union of every group.
+            order = [n for label in labels for n in names[label]]
+            union, sizes = scaled_union_by(layers, "group", order, url=url)
+            series = drift_series_of_union(union, [sizes[n] for n in order], labels, seed=seed)
         else:
             from filterdb.metrics.dask_groups import drift_series_on_engine
 

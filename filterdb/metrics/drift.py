@@ -245,11 +245,43 @@ def drift_series(
         The union has fewer than 9 filters or no variance.
     """
     groups = [as_filters(group) for pair in pairs.values() for group in pair]
-    basis, lo, hi, distributions, coefficients = _union_distributions(groups, bins=bins)
+    union = np.concatenate(groups) if groups else np.empty((0, N_WEIGHTS))
+    return drift_series_of_union(
+        union,
+        [len(group) for group in groups],
+        list(pairs),
+        bins=bins,
+        n_permutations=n_permutations,
+        seed=seed,
+    )
+
+
+def drift_series_of_union(
+    union: np.ndarray,
+    sizes: Sequence[int],
+    labels: Sequence[str],
+    *,
+    bins: int = BINS,
+    n_permutations: int = NULL_PERMUTATIONS,
+    seed: int = NULL_SEED,
+) -> DriftSeries:
+    """:func:`drift_series` of groups already pooled into one array, without copying it.
+
+    ``union`` (n, 9) holds label 0's first group, then its second, then label 1's first...;
+    ``sizes`` gives those 2 * len(labels) group sizes in that order. The result is the
+    same as :func:`drift_series` of the groups sliced out of ``union``.
+    """
+    union = as_filters(union)
+    if len(sizes) != 2 * len(labels) or sum(sizes) != len(union):
+        raise ValueError(
+            f"{len(sizes)} group sizes adding up to {sum(sizes)} do not split {len(union)} "
+            f"filters into two groups for each of {len(labels)} labels"
+        )
+    basis, lo, hi, distributions, coefficients = _distributions_of_union(union, sizes, bins=bins)
     values: dict[str, float] = {}
     nulls: dict[str, DriftNull] = {}
     skipped: list[str] = []
-    for index, label in enumerate(pairs):
+    for index, label in enumerate(labels):
         first, second = distributions[2 * index], distributions[2 * index + 1]
         if first is None or second is None:
             skipped.append(label)
@@ -375,9 +407,16 @@ def _union_distributions(
     per group, so every group's values lie inside [lo, hi].
     """
     union = np.concatenate(groups) if groups else np.empty((0, N_WEIGHTS))
+    return _distributions_of_union(union, [len(group) for group in groups], bins=bins)
+
+
+def _distributions_of_union(
+    union: np.ndarray, sizes: Sequence[int], *, bins: int
+) -> tuple[PCAResult, float, float, list[np.ndarray | None], list[np.ndarray]]:
+    """:func:`_union_distributions` of groups pooled in ``union``, of these ``sizes``."""
     basis, coefficients = fit_pca_with_coefficients(union)  # steps 1 and 2
     lo, hi = float(coefficients.min()), float(coefficients.max())  # step 3
-    bounds = np.cumsum([0, *(len(group) for group in groups)])
+    bounds = np.cumsum([0, *sizes])
     distributions = [
         _coefficient_distributions(coefficients[start:stop], lo=lo, hi=hi, bins=bins)
         if stop > start
