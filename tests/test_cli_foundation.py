@@ -83,3 +83,22 @@ def test_locked_duckdb_file_is_one_line(duckdb_url, duckdb_lock_holder):
     holder.kill()
     holder.wait()
     assert invoke("--db", duckdb_url, "models").exit_code == 0
+
+
+def test_kept_open_holds_the_duckdb_file_for_its_block_only(duckdb_url):
+    import subprocess
+    import sys
+
+    from filterdb.warehouse.database import engine_for, kept_open
+
+    path = duckdb_url.removeprefix("duckdb:///")
+    open_elsewhere = [sys.executable, "-c", f"import duckdb; duckdb.connect({path!r}).close()"]
+    with kept_open(duckdb_url):
+        # Engines opened inside share the held instance: writes of one are seen by the next.
+        with engine_for(duckdb_url) as engine, engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE kept (x INTEGER)")
+        with engine_for(duckdb_url) as engine, engine.connect() as connection:
+            assert connection.exec_driver_sql("SELECT count(*) FROM kept").scalar() == 0
+        # The idle connection keeps the file locked against other processes meanwhile.
+        assert subprocess.run(open_elsewhere, capture_output=True).returncode != 0
+    assert subprocess.run(open_elsewhere, capture_output=True).returncode == 0

@@ -26,12 +26,11 @@ from filterdb.ingest.pipeline import (
     _Attempt,
     _stored_identity,
     _unchanged,
-    kept_open,
     same_checkpoint_notes,
 )
 from filterdb.ingest.sources.base import Candidate
 from filterdb.metrics.engine import dask_client, parse_engine
-from filterdb.warehouse.database import engine_for
+from filterdb.warehouse.database import engine_for, kept_open
 from filterdb.warehouse.migrate import require_head
 
 

@@ -20,7 +20,7 @@ from filterdb.reports import plots
 from filterdb.reports.document import Page
 from filterdb.reports.gallery import Gallery, write_gallery
 from filterdb.reports.robust_vs_normal import FINDING_COLUMNS, form_line
-from filterdb.warehouse.database import display_url, engine_for, read_frame
+from filterdb.warehouse.database import display_url, engine_for, kept_open, read_frame
 from filterdb.warehouse.inventory import models as stored_models
 from filterdb.warehouse.inventory import require_models
 from filterdb.warehouse.migrate import require_head
@@ -93,6 +93,13 @@ def compare_models(
     the two are stored in different weights forms (raw, bn_folded, as_exported) and
     ``mixed_forms`` is false.
     """
+    with kept_open(url):  # one DuckDB open for the comparison's many reads
+        return _compare(model_a, model_b, url=url, out_dir=out_dir, mixed_forms=mixed_forms)
+
+
+def _compare(
+    model_a: str, model_b: str, *, url: str | None, out_dir: Path | None, mixed_forms: bool
+) -> Comparison:
     form = _comparable_form(model_a, model_b, url=url, mixed_forms=mixed_forms)
     cache.compute_metrics(url=url, models=[model_a, model_b])
     with engine_for(url) as engine:

@@ -38,7 +38,7 @@ from filterdb.metrics.registry import POOLED_METRICS
 from filterdb.reports import plots
 from filterdb.reports.document import Page
 from filterdb.reports.gallery import Gallery, write_eigen_filter_pair, write_gallery
-from filterdb.warehouse.database import display_url
+from filterdb.warehouse.database import display_url, kept_open
 from filterdb.warehouse.inventory import models as stored_models
 
 # Pairs whose first layers the report draws; `filterdb gallery MODEL` draws any model.
@@ -132,6 +132,32 @@ def write_robust_vs_normal_report(
     FilterdbError
         The paired models hold several weights forms and ``mixed_forms`` is false.
     """
+    with kept_open(url):  # one DuckDB open for the report's dozens of reads
+        return _write_report(
+            url=url,
+            out_dir=out_dir,
+            training_dataset=training_dataset,
+            pairs_file=pairs_file,
+            weights_form=weights_form,
+            mixed_forms=mixed_forms,
+            on_progress=on_progress,
+            engine=engine,
+            lake=lake,
+        )
+
+
+def _write_report(
+    *,
+    url: str | None,
+    out_dir: Path,
+    training_dataset: str | None,
+    pairs_file: Path | None,
+    weights_form: str | None,
+    mixed_forms: bool,
+    on_progress: Callable[[ComputeProgress], None] | None,
+    engine: str | None,
+    lake: str | Path | None,
+) -> ReportResult:
     pairing = find_pairs(
         url=url,
         training_dataset=training_dataset,

@@ -111,6 +111,32 @@ def engine_for(
         engine.dispose()
 
 
+@contextmanager
+def kept_open(database: Engine | str | None = None) -> Iterator[None]:
+    """Hold one idle DuckDB connection to ``database`` (an engine, or a URL as for
+    :func:`resolve_url`) for a block that opens it many times.
+
+    An engine opens the file anew for each connection (NullPool, to release the lock);
+    while a connection is open DuckDB hands later ones the same database instance, so an
+    engine and its first connection cost 5 ms instead of 130 ms (measured here,
+    2026-12-01): three per ingested model, dozens per report. Opens inside the block must
+    ask for the same configuration (DuckDB refuses a second one for an open file).
+    PostgreSQL connections are cheap to open; there it does nothing.
+    """
+    if (
+        backend_name(database if isinstance(database, Engine) else resolve_url(database))
+        != "duckdb"
+    ):
+        yield
+        return
+    if isinstance(database, Engine):
+        with database.connect():
+            yield
+        return
+    with engine_for(database) as engine, engine.connect():
+        yield
+
+
 def describe_connect_error(url: str, error: BaseException) -> str:
     """One line naming why ``url`` could not be opened and what to do about it."""
     text = str(getattr(error, "orig", None) or error)
