@@ -27,7 +27,7 @@ from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 from filterdb.lake.write import sync_lake
 from filterdb.metrics import partials
-from filterdb.metrics.pca import _orientation, fit_pca, require_fittable, unoriented_basis
+from filterdb.metrics.pca import PCAResult, fit_pca, orient, require_fittable, unoriented_basis
 from filterdb.warehouse import migrate
 
 pytest.importorskip("distributed")
@@ -174,12 +174,29 @@ def test_orientation_from_extremes_follows_the_local_rule(case):
     else:
         coefficients[:] = 0.0
     extremes = partials.extremes_of(coefficients)
-    signs = partials.orientation_signs(components, extremes)
-    np.testing.assert_array_equal(signs, _orientation(components, coefficients))
-    assert partials.coefficient_range(extremes, signs) == (
+    basis = PCAResult(np.zeros(9), components, np.ones(9), np.ones(9) / 9, np.ones(9), 50)
+    oriented, signs, lo, hi = orient(basis, extremes.low, extremes.high)
+    np.testing.assert_array_equal(signs, rule_on_every_coefficient(components, coefficients))
+    np.testing.assert_array_equal(oriented.components, components * signs[:, None])
+    assert (lo, hi) == (
         float((coefficients * signs).min()),
         float((coefficients * signs).max()),
     )
+
+
+def rule_on_every_coefficient(components: np.ndarray, coefficients: np.ndarray) -> np.ndarray:
+    """The SPEC's sign rule read straight off every coefficient: the filters at the largest
+    |coefficient| decide when they share a sign, else the largest entry (first of equals)."""
+    signs = []
+    for k, component in enumerate(components):
+        column = coefficients[:, k]
+        at_largest = column[np.abs(column) == np.abs(column).max()]
+        if np.abs(column).max() > 0 and (np.all(at_largest > 0) or np.all(at_largest < 0)):
+            decider = at_largest[0]
+        else:
+            decider = component[np.argmax(np.abs(component))]
+        signs.append(-1.0 if decider < 0 else 1.0)
+    return np.array(signs)
 
 
 def test_a_single_partial_is_the_local_fit_bit_for_bit():
@@ -189,7 +206,7 @@ def test_a_single_partial_is_the_local_fit_bit_for_bit():
     local = fit_pca(filters)
     basis = unoriented_basis(moments.mean, moments.scatter, moments.n)
     extremes = partials.extremes_of(basis.coefficients(filters))
-    oriented = partials.oriented(basis, partials.orientation_signs(basis.components, extremes))
+    oriented = orient(basis, extremes.low, extremes.high)[0]
     np.testing.assert_array_equal(oriented.components, local.components)
     np.testing.assert_array_equal(oriented.explained_variance, local.explained_variance)
     with pytest.raises(NoPCA, match="identical"):

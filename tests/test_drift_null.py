@@ -16,7 +16,7 @@ from filterdb.metrics.drift import (
     drift_series,
     permutation_null,
 )
-from filterdb.metrics.pca import fit_pca_with_coefficients
+from filterdb.metrics.pca import fit_pca
 
 TRIALS = 40
 
@@ -54,7 +54,9 @@ def test_clearly_different_distributions_are_not_within_noise(n):
 
 def full_size_null(first: np.ndarray, second: np.ndarray):
     """The permutation null of two groups at their own sizes, never subsampled."""
-    basis, coefficients = fit_pca_with_coefficients(np.concatenate([first, second]))
+    pooled = np.concatenate([first, second])
+    basis = fit_pca(pooled)
+    coefficients = basis.coefficients(pooled)
     lo, hi = float(coefficients.min()), float(coefficients.max())
     return permutation_null(
         coefficients[: len(first)],
@@ -98,7 +100,8 @@ def test_the_null_compares_the_value_itself_when_not_subsampled():
 
 def test_large_pairs_are_subsampled_in_proportion():
     first, second = one_distribution(4, 20_000, 5_000)
-    _, coefficients = fit_pca_with_coefficients(np.concatenate([first, second]))
+    pooled = np.concatenate([first, second])
+    coefficients = fit_pca(pooled).coefficients(pooled)
     lo, hi = float(coefficients.min()), float(coefficients.max())
     null = permutation_null(
         coefficients[:20_000],
@@ -117,13 +120,23 @@ def test_an_exact_permutation_p_value_by_enumeration():
     # approaches the share of labelings whose drift is at least the observed one.
     import itertools
 
-    from filterdb.metrics.drift import BINS, _symmetric_kl
-    from filterdb.metrics.drift import _coefficient_distributions as histogram
+    from filterdb.metrics.drift import BINS, EMPTY_BIN_DENSITY, _symmetric_kl
+
+    def histogram(values: np.ndarray, *, lo: float, hi: float, bins: int) -> np.ndarray:
+        """SPEC steps 4-5 by hand: numpy's density histogram, empty bins at epsilon."""
+        rows = []
+        for k in range(9):
+            counts, edges = np.histogram(values[:, k], bins=bins, range=(lo, hi))
+            density = counts / (len(values) * np.diff(edges))
+            density[counts == 0] = EMPTY_BIN_DENSITY
+            rows.append(density / density.sum())
+        return np.array(rows)
 
     rng = np.random.default_rng(5)
     pooled = rng.standard_normal((6, 9))
     pooled[3:] *= 3
-    basis, coefficients = fit_pca_with_coefficients(np.concatenate([pooled] * 2))
+    basis = fit_pca(np.concatenate([pooled] * 2))
+    coefficients = basis.coefficients(np.concatenate([pooled] * 2))
     coefficients = coefficients[:6]
     lo, hi = float(coefficients.min()), float(coefficients.max())
 

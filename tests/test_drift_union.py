@@ -1,8 +1,8 @@
 """The report's drift series from one preallocated union equals the pooled groups' series.
 
 The oracle is the general path: :func:`scaled_filters_by`'s groups concatenated, and
-:func:`drift_series` of the groups themselves. Compared bit for bit, since the report's
-files must not change by a byte when the union is built without copies.
+:func:`drift_series` of the groups themselves. Compared bit for bit: the union's layout
+(column-major) and the missing copies must not change a value.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def test_scaled_union_is_the_concatenated_groups_bit_for_bit(db_url, tmp_path):
     expected = np.concatenate([groups.get(name, np.empty((0, 9))) for name in order])
     assert sizes == {name: len(groups.get(name, ())) for name in order}
     assert sizes["nowhere"] == 0 and min(sizes[name] for name in order[:-1]) > 0
-    assert union.shape == expected.shape and union.flags.c_contiguous
+    # Column-major: each weight's column contiguous, as every later pass reads it.
+    assert union.shape == expected.shape and union.flags.f_contiguous
     assert np.array_equal(bits(union), bits(expected))
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+import numpy as np
 import pytest
 import torch
 
@@ -27,12 +28,23 @@ def stored(db_url, tmp_path) -> dict[str, torch.Tensor]:
     return state
 
 
-def read_back(url: str, *, ahead: bool = False) -> dict[str, bytes]:
+def read_back(
+    url: str, *, ahead: bool = False, column_major: bool = False, order: str = "layer_id"
+) -> dict[str, bytes]:
+    """Each layer's filters as row-major bytes, the layers asked for in ``order``."""
     with engine_for(url) as engine, engine.connect() as connection:
-        layers = read_frame(connection, "SELECT layer_id, layer_name, n_filters FROM v_layers")
+        layers = read_frame(
+            connection, f"SELECT layer_id, layer_name, n_filters FROM v_layers ORDER BY {order}"
+        )
         shapes = layers.select("layer_id", "n_filters").iter_rows()
-        arrays = list(fetch.iter_layer_filters(connection, shapes, ahead=ahead))
-    return {name: array.tobytes() for name, array in zip(layers["layer_name"], arrays, strict=True)}
+        arrays = list(
+            fetch.iter_layer_filters(connection, shapes, ahead=ahead, column_major=column_major)
+        )
+    assert all(array.flags.f_contiguous == column_major for array in arrays if len(array) > 1)
+    return {
+        name: np.ascontiguousarray(array).tobytes()
+        for name, array in zip(layers["layer_name"], arrays, strict=True)
+    }
 
 
 # Shuffled storage; and rows in layer order but filters reversed inside each layer (the
@@ -102,3 +114,37 @@ def test_a_damaged_layer_is_a_one_line_database_error(db_url, stored):
         )
     with pytest.raises(DatabaseError, match="filterdb check"):
         read_back(db_url)
+
+
+@pytest.mark.parametrize("column_major", [False, True])
+@pytest.mark.parametrize("order", ["layer_id DESC", "model_name DESC, layer_name"])
+def test_layers_asked_in_any_order_or_with_gaps_come_back_exactly(
+    db_url, stored, tmp_path, column_major, order
+):
+    # A second model's layers follow the first's; leaving out layer b of the first makes
+    # gaps between the id ranges the reader asks for.
+    other = {"a.weight": torch.randn(3, 2, 3, 3), "z.weight": torch.randn(2, 3, 3, 3)}
+    torch.save(other, tmp_path / "other.pt")
+    ingest(checkpoint_candidate(tmp_path / "other.pt"), url=db_url, device="cpu")
+    expected = {("net", k): v for k, v in stored.items()} | {
+        ("other", k): v for k, v in other.items()
+    }
+    with engine_for(db_url) as engine, engine.connect() as connection:
+        layers = read_frame(
+            connection,
+            "SELECT layer_id, n_filters, model_name, layer_name FROM v_layers "
+            f"WHERE NOT (model_name = 'net' AND layer_name = 'b') ORDER BY {order}",
+        )
+        shapes = layers.select("layer_id", "n_filters").iter_rows()
+        arrays = list(fetch.iter_layer_filters(connection, shapes, column_major=column_major))
+    assert layers.height == 4
+    for (model, layer), array in zip(
+        layers.select("model_name", "layer_name").iter_rows(), arrays, strict=True
+    ):
+        weight = expected[model, f"{layer}.weight"].reshape(-1, 9).numpy()
+        assert np.ascontiguousarray(array).tobytes() == weight.tobytes()
+
+
+def test_the_rows_of_a_batch_are_asked_for_as_ranges_of_consecutive_ids():
+    condition = fetch._layer_condition([9, 1, 2, 3, 5, 10, 2])
+    assert condition == "layer_id BETWEEN 1 AND 3 OR layer_id = 5 OR layer_id BETWEEN 9 AND 10"

@@ -21,7 +21,7 @@ from sklearn.decomposition import PCA
 from filterdb.errors import FilterdbError, MetricError, NoPCA
 from filterdb.metrics import layer
 from filterdb.metrics.drift import drift_matrix, drift_series
-from filterdb.metrics.pca import _orientation, fit_pca, scale_non_sparse
+from filterdb.metrics.pca import PCAResult, fit_pca, orient, scale_non_sparse
 
 TOLERANCE = {"rtol": 1e-9, "atol": 1e-12}
 FLOAT32_EPS = 2.0**-23
@@ -193,7 +193,11 @@ def test_orientation_rules_on_crafted_components():
             [0.5, 0.5, 1.0, 0.0],  # column 2: tie, one sign, so the filters decide
         ]
     )  # column 3: all zero, so the entries decide
-    np.testing.assert_array_equal(_orientation(components, coefficients), [-1, 1, -1, -1])
+    basis = PCAResult(np.zeros(9), components, np.ones(4), np.ones(4), np.ones(4), 3)
+    oriented, signs, lo, hi = orient(basis, coefficients.min(axis=0), coefficients.max(axis=0))
+    np.testing.assert_array_equal(signs, [-1, 1, -1, -1])
+    np.testing.assert_array_equal(oriented.components, components * signs[:, None])
+    assert (lo, hi) == (-1.0, 2.0)  # column 2 flipped: -2 becomes its largest coefficient
 
 
 @pytest.mark.parametrize("n", [0, 1, 8])

@@ -14,7 +14,7 @@ import numpy as np
 import polars as pl
 
 from filterdb.errors import FilterdbError
-from filterdb.metrics.pca import N_WEIGHTS, non_sparse_rows, scale_non_sparse
+from filterdb.metrics.pca import N_WEIGHTS, non_sparse_mask, scale_non_sparse
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
 from filterdb.warehouse.database import engine_for, read_frame
 from filterdb.warehouse.migrate import require_head
@@ -130,34 +130,40 @@ def scaled_union_by(
 ) -> tuple[np.ndarray, dict[str, int]]:
     """The groups of :func:`scaled_filters_by`, in ``order``, as one (n, 9) float64 array.
 
-    Returns the array, group after group in ``order`` (a name without layers holds no
-    rows; groups not in ``order`` are left out), and each name's row count. The same bits
-    as concatenating :func:`scaled_filters_by`'s groups, without the copies: each layer is
-    read once and its non-sparse rows written once into the preallocated union, then
-    the union is scaled in place (three copies of 7.6M filters cost 1.6 s of a 100-model
-    report, bench/report.py).
+    Returns the array (column-major, so each weight's column is contiguous), group after
+    group in ``order`` (a name without layers holds no rows; groups not in ``order`` are
+    left out), and each name's row count. The same values as concatenating
+    :func:`scaled_filters_by`'s groups, without the copies: each layer is read once and
+    its non-sparse rows written once into the preallocated union, then the union is
+    scaled in place (three copies of 7.6M filters cost 1.6 s of a 100-model report,
+    bench/report.py).
     """
     order = list(order)
     wanted = set(order)
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {name: [] for name in order}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {n: [] for n in order}
     keys = group_keys(layers, column)
     with engine_for(url) as engine, engine.connect() as connection:
         shapes = layers.select("layer_id", "n_filters").iter_rows()
-        batches = iter_layer_filters(connection, shapes, ahead=True)
+        # Column-major: every step below works on one weight's contiguous column.
+        batches = iter_layer_filters(connection, shapes, ahead=True, column_major=True)
         for key, filters, layer_max in zip(keys, batches, layers["max_abs"], strict=True):
             if key in wanted:
-                parts[key].append(non_sparse_rows(filters, layer_max, eps=eps))
-    sizes = {name: sum(len(rows) for rows, _ in parts[name]) for name in order}
-    union = np.empty((sum(sizes.values()), N_WEIGHTS))
+                parts[key].append((filters, *non_sparse_mask(filters, layer_max, eps=eps)))
+    sizes = {name: sum(int(kept.sum()) for _, kept, _ in parts[name]) for name in order}
+    union = np.empty((sum(sizes.values()), N_WEIGHTS), order="F")
     divisors = np.empty(len(union))
     at = 0
     for name in order:
-        for rows, peaks in parts[name]:
-            union[at : at + len(rows)] = rows  # float32 to float64: exact
+        for filters, kept, peaks in parts[name]:
+            every = bool(kept.all())
+            rows = slice(at, at + (len(kept) if every else int(kept.sum())))
+            for j in range(N_WEIGHTS):  # float32 to float64: exact
+                union[rows, j] = filters[:, j] if every else filters[kept, j]
             # scale_by_peak's divisor: the peak, or 1 for an all-zero filter.
-            divisors[at : at + len(rows)] = peaks + (peaks == 0)
-            at += len(rows)
-        parts[name].clear()  # the float32 rows go as soon as they are copied
+            divisors[rows] = peaks if every else peaks[kept]
+            at = rows.stop
+        parts[name].clear()  # the batches go as soon as their rows are copied
+    divisors += divisors == 0
     np.divide(union, divisors[:, None], out=union)
     return union, sizes
 

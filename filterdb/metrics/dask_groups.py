@@ -21,7 +21,6 @@ within rounding of a bin edge, the histogram counts are identical.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,19 +35,19 @@ from filterdb.metrics import partials, tasks
 from filterdb.metrics.cache import default_lake
 from filterdb.metrics.drift import (
     BINS,
-    NULL_MAX_FILTERS,
     NULL_PERMUTATIONS,
     NULL_SEED,
     DriftMatrix,
     DriftNull,
     DriftSeries,
+    NullDraw,
     _distributions_from_counts,
-    _subsample_pair,
     _symmetric_kl,
-    permutation_null,
+    null_draws,
+    null_of,
 )
 from filterdb.metrics.engine import dask_client, parse_engine
-from filterdb.metrics.pca import PCAResult, require_fittable, unoriented_basis
+from filterdb.metrics.pca import PCAResult, orient, require_fittable, unoriented_basis
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
 
 if TYPE_CHECKING:
@@ -65,19 +64,6 @@ class _Plan:
     location: str
     by_file: dict[str, list[dict]]
     group_layers: list[list[int]]
-
-
-@dataclass(frozen=True)
-class _Draw:
-    """Which rows of groups ``a`` and ``b`` a pair's null uses, and its random stream."""
-
-    a: int
-    b: int
-    seed: object
-    rng: np.random.Generator
-    rows_a: np.ndarray
-    rows_b: np.ndarray
-    subsampled: bool
 
 
 @dataclass(frozen=True)
@@ -285,7 +271,7 @@ def _run(
         except NoPCA as error:
             error.group_sizes = sizes  # what a caller reports beside the missing drift
             raise
-        draws = _draws(null_pairs(sizes), sizes) if null_pairs else {}
+        draws = null_draws(null_pairs(sizes), sizes) if null_pairs else {}
         wanted = _wanted_rows(plan, moments.kept, draws)
         coefficients = [
             client.submit(tasks.scaled_coefficients, part, basis=basis, pure=False)
@@ -313,9 +299,7 @@ def _run(
         )
         spans = [client.submit(tasks.spans_of, part, pure=False) for part in scaled]
         del scaled  # the scaled filters may go: the histograms need the coefficients only
-        signs = partials.orientation_signs(basis.components, extremes)
-        basis = partials.oriented(basis, signs)
-        lo, hi = partials.coefficient_range(extremes, signs)
+        basis, signs, lo, hi = orient(basis, extremes.low, extremes.high)
         counts = None
         if bins is not None:
             counts = _tree_reduce(
@@ -340,21 +324,16 @@ def _run(
     if draws:
         rows = _group_rows(plan, moments.kept, wanted, extremes.rows)
         for key, draw in draws.items():
-            first = basis.coefficients(_rows_at(rows[draw.a], draw.rows_a))
-            second = basis.coefficients(_rows_at(rows[draw.b], draw.rows_b))
-            null = permutation_null(
-                first,
-                second,
+            nulls[key] = null_of(
+                draw,
+                basis.coefficients(_rows_at(rows[draw.a], draw.rows_a)),
+                basis.coefficients(_rows_at(rows[draw.b], draw.rows_b)),
                 lo=lo,
                 hi=hi,
                 ratios=basis.ratio,
                 bins=bins,
                 n_permutations=n_permutations,
-                max_filters=len(first) + len(second),
-                # A fresh stream, or the one the subsample was drawn from, continued.
-                seed=draw.rng if draw.subsampled else draw.seed,
             )
-            nulls[key] = dataclasses.replace(null, subsampled=draw.subsampled)
     return _Union(basis=basis, lo=lo, hi=hi, sizes=sizes, counts=counts, nulls=nulls)
 
 
@@ -368,25 +347,12 @@ def _tree_reduce(client: Client, futures: list[Future], combine: Callable) -> ob
     return futures[0].result()
 
 
-def _draws(pairs: dict[object, tuple[int, int, object]], sizes: list[int]) -> dict[object, _Draw]:
-    """The rows of each pair's null, drawn as :func:`permutation_null` draws them."""
-    draws = {}
-    for key, (a, b, seed) in pairs.items():
-        rng = np.random.default_rng(seed)
-        rows_a, rows_b = np.arange(sizes[a]), np.arange(sizes[b])
-        subsampled = sizes[a] + sizes[b] > NULL_MAX_FILTERS
-        if subsampled:
-            rows_a, rows_b = _subsample_pair(rows_a, rows_b, max_filters=NULL_MAX_FILTERS, rng=rng)
-        draws[key] = _Draw(a, b, seed, rng, rows_a, rows_b, subsampled)
-    return draws
-
-
 def _group_offsets(plan: _Plan, kept: dict[int, int], group: int) -> np.ndarray:
     return np.cumsum([0, *(kept[layer] for layer in plan.group_layers[group])])
 
 
 def _wanted_rows(
-    plan: _Plan, kept: dict[int, int], draws: dict[object, _Draw]
+    plan: _Plan, kept: dict[int, int], draws: dict[object, NullDraw]
 ) -> dict[int, np.ndarray]:
     """Per layer_id, the sorted indices among its non-sparse filters that a null uses."""
     per_group: dict[int, list[np.ndarray]] = {}

@@ -10,13 +10,15 @@ numbered steps, do not improvise.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from filterdb.metrics.pca import N_WEIGHTS, PCAResult, as_filters, fit_pca_with_coefficients
+from filterdb.metrics.partials import histogram_counts
+from filterdb.metrics.pca import N_WEIGHTS, PCAResult, as_filters, fit_pca_with_range
 
 BINS = 70
 # float32 epsilon; it replaces the density of an empty bin, not its count (step 5).
@@ -180,24 +182,18 @@ def drift_matrix(
     """
     filters = {name: as_filters(group) for name, group in groups.items()}
     kept = {name: group for name, group in filters.items() if len(group)}
-    basis, lo, hi, distributions, coefficients = _union_distributions(
-        list(kept.values()), bins=bins
+    pairs = {(i, j): (i, j, (seed, i, j)) for i, j in itertools.combinations(range(len(kept)), 2)}
+    union = np.concatenate(list(kept.values())) if kept else np.empty((0, N_WEIGHTS))
+    basis, lo, hi, distributions, nulls = _union_distributions(
+        union,
+        [len(group) for group in kept.values()],
+        bins=bins,
+        pairs=pairs if n_permutations else {},
+        n_permutations=n_permutations,
     )
     matrix = np.zeros((len(kept), len(kept)))
-    nulls = {}
-    for i, j in itertools.combinations(range(len(kept)), 2):
+    for i, j in pairs:
         matrix[i, j] = matrix[j, i] = _symmetric_kl(distributions[i], distributions[j], basis.ratio)
-        if n_permutations:
-            nulls[i, j] = permutation_null(
-                coefficients[i],
-                coefficients[j],
-                lo=lo,
-                hi=hi,
-                ratios=basis.ratio,
-                bins=bins,
-                n_permutations=n_permutations,
-                seed=(seed, i, j),
-            )
     return DriftMatrix(
         names=tuple(kept),
         matrix=matrix,
@@ -277,27 +273,23 @@ def drift_series_of_union(
             f"{len(sizes)} group sizes adding up to {sum(sizes)} do not split {len(union)} "
             f"filters into two groups for each of {len(labels)} labels"
         )
-    basis, lo, hi, distributions, coefficients = _distributions_of_union(union, sizes, bins=bins)
-    values: dict[str, float] = {}
-    nulls: dict[str, DriftNull] = {}
-    skipped: list[str] = []
-    for index, label in enumerate(labels):
-        first, second = distributions[2 * index], distributions[2 * index + 1]
-        if first is None or second is None:
-            skipped.append(label)
-            continue
-        values[label] = _symmetric_kl(first, second, basis.ratio)
-        if n_permutations:
-            nulls[label] = permutation_null(
-                coefficients[2 * index],
-                coefficients[2 * index + 1],
-                lo=lo,
-                hi=hi,
-                ratios=basis.ratio,
-                bins=bins,
-                n_permutations=n_permutations,
-                seed=(seed, index),
-            )
+    pairs = {
+        label: (2 * index, 2 * index + 1, (seed, index))
+        for index, label in enumerate(labels)
+        if sizes[2 * index] and sizes[2 * index + 1]
+    }
+    basis, lo, hi, distributions, nulls = _union_distributions(
+        union,
+        sizes,
+        bins=bins,
+        pairs=pairs if n_permutations else {},
+        n_permutations=n_permutations,
+    )
+    values = {
+        label: _symmetric_kl(distributions[a], distributions[b], basis.ratio)
+        for label, (a, b, _) in pairs.items()
+    }
+    skipped = [label for label in labels if label not in pairs]
     return DriftSeries(
         values=values, skipped=tuple(skipped), basis=basis, lo=lo, hi=hi, nulls=nulls
     )
@@ -398,49 +390,109 @@ def _distributions_from_counts(
 
 
 def _union_distributions(
-    groups: Sequence[np.ndarray], *, bins: int
-) -> tuple[PCAResult, float, float, list[np.ndarray | None], list[np.ndarray]]:
-    """Steps 1-5 on the union of ``groups``: basis, range, per group p_{g,k} (9, bins),
-    and per group its coefficients (for the nulls).
+    union: np.ndarray,
+    sizes: Sequence[int],
+    *,
+    bins: int,
+    pairs: Mapping[object, tuple[int, int, object]],
+    n_permutations: int,
+) -> tuple[PCAResult, float, float, list[np.ndarray | None], dict[object, DriftNull]]:
+    """Steps 1-5 on ``union``, groups of ``sizes`` one after another: basis, range, per
+    group p_{g,k} (9, bins) (``None`` for an empty group), and the null of each pair of
+    ``pairs`` (key to group a, group b and the null's seed).
 
-    An empty group gets ``None``. The union's coefficients are computed once and sliced
-    per group, so every group's values lie inside [lo, hi].
+    Counted block by block (:meth:`~filterdb.metrics.pca.PCAResult.coefficient_blocks`),
+    never holding the union's coefficients: the 7.6M filters of a 100-model report would
+    need 550 MB more. A null takes its pair's coefficients at the rows it draws
+    (:func:`null_draws`), computed again with the same bits, so inside [lo, hi].
     """
-    union = np.concatenate(groups) if groups else np.empty((0, N_WEIGHTS))
-    return _distributions_of_union(union, [len(group) for group in groups], bins=bins)
-
-
-def _distributions_of_union(
-    union: np.ndarray, sizes: Sequence[int], *, bins: int
-) -> tuple[PCAResult, float, float, list[np.ndarray | None], list[np.ndarray]]:
-    """:func:`_union_distributions` of groups pooled in ``union``, of these ``sizes``."""
-    basis, coefficients = fit_pca_with_coefficients(union)  # steps 1 and 2
-    lo, hi = float(coefficients.min()), float(coefficients.max())  # step 3
+    basis, lo, hi = fit_pca_with_range(union)  # steps 1-3
+    widths = np.diff(np.linspace(lo, hi, bins + 1))
     bounds = np.cumsum([0, *sizes])
-    distributions = [
-        _coefficient_distributions(coefficients[start:stop], lo=lo, hi=hi, bins=bins)
-        if stop > start
-        else None
-        for start, stop in itertools.pairwise(bounds)
-    ]
-    sliced = [coefficients[start:stop] for start, stop in itertools.pairwise(bounds)]
-    return basis, lo, hi, distributions, sliced
+    distributions: list[np.ndarray | None] = []
+    for start, stop in itertools.pairwise(bounds):
+        counts = np.zeros((N_WEIGHTS, bins), dtype=np.int64)
+        for block in basis.coefficient_blocks(union[start:stop]):
+            counts += histogram_counts(block.T, lo=lo, hi=hi, bins=bins)
+        empty = stop == start
+        distributions.append(
+            None if empty else _distributions_from_counts(counts, stop - start, widths, bins)
+        )
+    nulls = {
+        key: null_of(
+            draw,
+            basis.coefficients(union[bounds[draw.a] + draw.rows_a]),
+            basis.coefficients(union[bounds[draw.b] + draw.rows_b]),
+            lo=lo,
+            hi=hi,
+            ratios=basis.ratio,
+            bins=bins,
+            n_permutations=n_permutations,
+        )
+        for key, draw in null_draws(pairs, sizes).items()
+    }
+    return basis, lo, hi, distributions, nulls
 
 
-def _coefficient_distributions(
-    coefficients: np.ndarray, *, lo: float, hi: float, bins: int
-) -> np.ndarray:
-    """Steps 4-5: one normalised histogram per coefficient, (9, bins)."""
-    distributions = np.empty((N_WEIGHTS, bins))
-    for k in range(N_WEIGHTS):
-        # numpy.histogram semantics: edges[i] <= c < edges[i+1], the last bin holds hi.
-        counts, edges = np.histogram(coefficients[:, k], bins=bins, range=(lo, hi))
-        # The width is np.diff(edges), as numpy.histogram(density=True) takes it (the
-        # robustness paper's code); N is the group's filter count, all inside [lo, hi].
-        density = counts / (len(coefficients) * np.diff(edges))
-        density[counts == 0] = EMPTY_BIN_DENSITY
-        distributions[k] = density / density.sum()
-    return distributions
+@dataclass(frozen=True)
+class NullDraw:
+    """Which rows of groups ``a`` and ``b`` a pair's null uses, and its random stream."""
+
+    a: int
+    b: int
+    seed: object
+    rng: np.random.Generator
+    rows_a: np.ndarray
+    rows_b: np.ndarray
+    subsampled: bool
+
+
+def null_draws(
+    pairs: Mapping[object, tuple[int, int, object]], sizes: Sequence[int]
+) -> dict[object, NullDraw]:
+    """The rows of each pair's null (key to group a, group b, seed), drawn as
+    :func:`permutation_null` draws them from groups of these ``sizes``.
+
+    Which rows a subsample takes depends only on the sizes and the seed, so the pair's
+    coefficients are needed at those rows alone (:func:`null_of` continues the stream).
+    """
+    draws = {}
+    for key, (a, b, seed) in pairs.items():
+        rng = np.random.default_rng(seed)
+        rows_a, rows_b = np.arange(sizes[a]), np.arange(sizes[b])
+        subsampled = sizes[a] + sizes[b] > NULL_MAX_FILTERS
+        if subsampled:
+            rows_a, rows_b = _subsample_pair(rows_a, rows_b, max_filters=NULL_MAX_FILTERS, rng=rng)
+        draws[key] = NullDraw(a, b, seed, rng, rows_a, rows_b, subsampled)
+    return draws
+
+
+def null_of(
+    draw: NullDraw,
+    first: np.ndarray,
+    second: np.ndarray,
+    *,
+    lo: float,
+    hi: float,
+    ratios: np.ndarray,
+    bins: int,
+    n_permutations: int,
+) -> DriftNull:
+    """:func:`permutation_null` of the whole groups, from their coefficients ``first``
+    and ``second`` at the rows of ``draw`` (:func:`null_draws`): the same null."""
+    null = permutation_null(
+        first,
+        second,
+        lo=lo,
+        hi=hi,
+        ratios=ratios,
+        bins=bins,
+        n_permutations=n_permutations,
+        max_filters=len(first) + len(second),
+        # A fresh stream, or the one the subsample was drawn from, continued.
+        seed=draw.rng if draw.subsampled else draw.seed,
+    )
+    return dataclasses.replace(null, subsampled=draw.subsampled)
 
 
 def _symmetric_kl(p: np.ndarray, q: np.ndarray, ratios: np.ndarray) -> float:

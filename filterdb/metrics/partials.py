@@ -9,8 +9,9 @@ client, in three passes over the files:
    accurate where raw sums of squares would cancel; the client's 9x9 eigen-decomposition
    (:func:`filterdb.metrics.pca.unoriented_basis`) gives the basis.
 2. :class:`Extremes`: per component the smallest and largest coefficient on that basis,
-   which decide the SPEC's sign rule (:func:`orientation_signs`) and the histogram range;
-   the same pass gathers the few rows a permutation null needs.
+   which decide the SPEC's sign rule and the histogram range
+   (:func:`filterdb.metrics.pca.orient`); the same pass gathers the few rows a
+   permutation null needs.
 3. Histogram counts per group and coefficient on the oriented basis and range; counts add
    exactly, so each group's 70-bin histograms are those of its pooled filters.
 
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from filterdb.metrics.pca import N_WEIGHTS, PCAResult
+from filterdb.metrics.pca import N_WEIGHTS, moments
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,8 @@ class Moments:
 
 
 def moments_of(scaled: np.ndarray, *, kept: dict[int, int] | None = None) -> Moments:
-    """The :class:`Moments` of (n, 9) scaled filters, as :func:`fit_pca` computes them."""
+    """The :class:`Moments` of (n, 9) scaled filters, as :func:`fit_pca` computes them
+    (:func:`filterdb.metrics.pca.moments`)."""
     n = len(scaled)
     if n == 0:
         return Moments(
@@ -68,15 +70,15 @@ def moments_of(scaled: np.ndarray, *, kept: dict[int, int] | None = None) -> Mom
             np.full(N_WEIGHTS, -np.inf),
             kept=dict(kept or {}),
         )
-    mean = scaled.mean(axis=0)
-    centred = scaled - mean
+    mean, scatter, low, high = moments(scaled)  # the local kernel: one file, the same bits
     return Moments(
         n=n,
         mean=mean,
-        scatter=centred.T @ centred,
-        low=scaled.min(axis=0),
-        high=scaled.max(axis=0),
-        finite=bool(np.isfinite(scaled).all()),
+        scatter=scatter,
+        low=low,
+        high=high,
+        # min/max carry a NaN through; an infinite weight is its own extreme.
+        finite=bool(np.isfinite(low).all() and np.isfinite(high).all()),
         kept=dict(kept or {}),
     )
 
@@ -139,47 +141,6 @@ def combine_extremes(*parts: Extremes) -> Extremes:
         np.max([part.high for part in parts], axis=0),
         rows,
     )
-
-
-def orientation_signs(components: np.ndarray, extremes: Extremes) -> np.ndarray:
-    """The SPEC's sign rule (:func:`filterdb.metrics.pca.fit_pca`) from the extremes alone.
-
-    The filter with the largest |coefficient| on component k decides its sign; that
-    largest value is max(-low_k, high_k), and the filters at it are all positive when only
-    ``high_k`` reaches it, all negative when only ``-low_k`` does. When both do, or all
-    coefficients are 0, the component's largest-magnitude entry (first of equals) is made
-    positive, as locally.
-    """
-    signs = np.ones(len(components))
-    for k, component in enumerate(components):
-        low, high = extremes.low[k], extremes.high[k]
-        largest = max(-low, high)
-        positive, negative = high == largest, -low == largest
-        if largest > 0 and positive != negative:
-            decider = 1.0 if positive else -1.0
-        else:
-            decider = component[np.argmax(np.abs(component))]
-        signs[k] = -1.0 if decider < 0 else 1.0
-    return signs
-
-
-def oriented(basis: PCAResult, signs: np.ndarray) -> PCAResult:
-    """``basis`` with each component multiplied by its sign (coefficients flip exactly)."""
-    return PCAResult(
-        mean=basis.mean,
-        components=basis.components * signs[:, None],
-        explained_variance=basis.explained_variance,
-        ratio=basis.ratio,
-        cumulative=basis.cumulative,
-        n_filters=basis.n_filters,
-    )
-
-
-def coefficient_range(extremes: Extremes, signs: np.ndarray) -> tuple[float, float]:
-    """[lo, hi] of all nine coefficients on the oriented basis (drift step 3)."""
-    low = np.where(signs < 0, -extremes.high, extremes.low)
-    high = np.where(signs < 0, -extremes.low, extremes.high)
-    return float(low.min()), float(high.max())
 
 
 def histogram_counts(coefficients: np.ndarray, *, lo: float, hi: float, bins: int) -> np.ndarray:
