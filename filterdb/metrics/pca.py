@@ -227,12 +227,17 @@ def fit_pca(scaled: np.ndarray) -> PCAResult:
     return fit_pca_with_range(scaled)[0]
 
 
-def fit_pca_with_range(scaled: np.ndarray) -> tuple[PCAResult, float, float]:
+def fit_pca_with_range(
+    scaled: np.ndarray, *, coefficients_out: np.ndarray | None = None
+) -> tuple[PCAResult, float, float]:
     """:func:`fit_pca` and [lo, hi], the range of all nine coefficients of ``scaled`` on
     the result (drift step 3), found in the same pass as the sign rule.
 
     Two passes over ``scaled`` (its moments, then its coefficients block by block) and
-    no array of its size: the 7.6M filters of a 100-model report are 550 MB each.
+    no array of its size: the 7.6M filters of a 100-model report are 550 MB each. With
+    ``coefficients_out`` (n, 9), which may be ``scaled`` itself, the coefficients on the
+    returned basis are written there as they are found (the same bits as
+    :meth:`PCAResult.coefficients`), for a caller that needs them all.
     """
     scaled = as_filters(scaled)
     n = len(scaled)
@@ -244,10 +249,17 @@ def fit_pca_with_range(scaled: np.ndarray) -> tuple[PCAResult, float, float]:
     require_fittable(n, finite=finite, identical=bool(np.all(low == high)))
     basis = unoriented_basis(mean, scatter, n)
     low, high = np.full(N_WEIGHTS, np.inf), np.full(N_WEIGHTS, -np.inf)
+    at = 0
     for block in basis.coefficient_blocks(scaled):
         np.minimum(low, block.min(axis=1), out=low)
         np.maximum(high, block.max(axis=1), out=high)
-    oriented, _, lo, hi = orient(basis, low, high)
+        if coefficients_out is not None:  # the block's rows are read: safe to overwrite
+            coefficients_out[at : at + block.shape[1]] = block.T
+        at += block.shape[1]
+    oriented, signs, lo, hi = orient(basis, low, high)
+    if coefficients_out is not None:
+        for k in np.flatnonzero(signs < 0):
+            np.negative(coefficients_out[:, k], out=coefficients_out[:, k])  # exact
     return oriented, lo, hi
 
 

@@ -423,10 +423,13 @@ def _margins(
 
 def _save(figure: Figure, path: Path, *, svg: bool = False) -> Path:
     """Write ``path`` (PNG); with ``svg`` the same figure as ``path.with_suffix('.svg')``
-    too, for papers. The SVG carries no date (``metadata``), so it is reproducible."""
+    too, for papers, its text as SVG text. The SVG carries no date (``metadata``), so it
+    is reproducible."""
     figure.savefig(path, format="png")
     if svg:
-        # A fixed salt: the SVG's element ids are otherwise random on every save.
-        with rc_context({"svg.hashsalt": "filterdb"}):
+        # A fixed salt: the SVG's element ids are otherwise random on every save. Text as
+        # text, not glyph outlines: editable in a paper's figure, and the box plots' SVG
+        # is written in 0.55-0.7 s instead of 0.9-1.0 s (measured here).
+        with rc_context({"svg.hashsalt": "filterdb", "svg.fonttype": "none"}):
             figure.savefig(path.with_suffix(".svg"), format="svg", metadata={"Date": None})
     return path
