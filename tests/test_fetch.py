@@ -116,11 +116,13 @@ def test_a_damaged_layer_is_a_one_line_database_error(db_url, stored):
         read_back(db_url)
 
 
+@pytest.mark.parametrize("max_ranges", [1, 64])
 @pytest.mark.parametrize("column_major", [False, True])
 @pytest.mark.parametrize("order", ["layer_id DESC", "model_name DESC, layer_name"])
 def test_layers_asked_in_any_order_or_with_gaps_come_back_exactly(
-    db_url, stored, tmp_path, column_major, order
+    db_url, stored, tmp_path, monkeypatch, column_major, order, max_ranges
 ):
+    monkeypatch.setattr(fetch, "MAX_RANGES", max_ranges)  # ranges, or an IN list
     # A second model's layers follow the first's; leaving out layer b of the first makes
     # gaps between the id ranges the reader asks for.
     other = {"a.weight": torch.randn(3, 2, 3, 3), "z.weight": torch.randn(2, 3, 3, 3)}
@@ -148,3 +150,7 @@ def test_layers_asked_in_any_order_or_with_gaps_come_back_exactly(
 def test_the_rows_of_a_batch_are_asked_for_as_ranges_of_consecutive_ids():
     condition = fetch._layer_condition([9, 1, 2, 3, 5, 10, 2])
     assert condition == "layer_id BETWEEN 1 AND 3 OR layer_id = 5 OR layer_id BETWEEN 9 AND 10"
+    scattered = fetch._layer_condition(list(range(1, 2 * fetch.MAX_RANGES + 3, 2)))
+    assert scattered.startswith("layer_id IN (1, 3, 5") and scattered.endswith(
+        "ORDER BY layer_id, filter_index"
+    )

@@ -18,7 +18,9 @@ import math
 import os
 import re
 import subprocess
+import sys
 from fractions import Fraction
+from pathlib import Path
 
 import matplotlib.image
 import numpy as np
@@ -47,6 +49,7 @@ from filterdb.errors import FilterdbError, NoPCA, PairingError
 from filterdb.ingest.pipeline import ingest
 from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 from filterdb.metrics.drift import drift_matrix, drift_series_of_union
+from filterdb.reports import robust_vs_normal
 from filterdb.reports.compare import compare_models
 from filterdb.reports.robust_vs_normal import write_robust_vs_normal_report
 from filterdb.warehouse import migrate
@@ -1014,3 +1017,52 @@ def test_figures_per_training_dataset_each_on_its_own_pairs(zoo_url, auto_report
     assert [(f.scope, f.same_as_all, f.figures) for f in auto_report.scopes] == [
         ("training_dataset=toy", True, ())
     ]
+
+
+def test_figures_drawn_in_a_worker_process_are_the_same_files(zoo_url, tmp_path, monkeypatch):
+    # Scopes included (no dataset asked for): their figures go to the worker too.
+    here = write_robust_vs_normal_report(url=zoo_url, out_dir=tmp_path / "here")
+    monkeypatch.setattr(robust_vs_normal, "DRAW_ASIDE_FROM_FILTERS", 0)
+    aside = write_robust_vs_normal_report(url=zoo_url, out_dir=tmp_path / "aside")
+    names = sorted(path.name for path in (tmp_path / "here").iterdir())
+    assert names == sorted(path.name for path in (tmp_path / "aside").iterdir())
+    assert len([name for name in names if name.endswith(".svg")]) >= 8
+    for name in names:
+        assert (tmp_path / "here" / name).read_bytes() == (tmp_path / "aside" / name).read_bytes()
+    assert [g.normalisation for g in aside.galleries] == [g.normalisation for g in here.galleries]
+    assert [s.figures for s in aside.scopes] == [
+        tuple(Path(str(p).replace("here", "aside")) for p in s.figures) for s in here.scopes
+    ]
+
+
+def test_a_script_without_a_main_guard_is_not_run_again_by_the_worker(zoo_url, tmp_path):
+    # spawn runs the parent's main script in the child unless told otherwise: a script
+    # like this one would write its report twice, or lock its own database.
+    script = tmp_path / "report.py"
+    script.write_text(
+        "from pathlib import Path\n"
+        "from filterdb.reports import robust_vs_normal\n"
+        "robust_vs_normal.DRAW_ASIDE_FROM_FILTERS = 0\n"
+        "print('report', flush=True)\n"
+        f"robust_vs_normal.write_robust_vs_normal_report(url={zoo_url!r}, "
+        f"out_dir=Path({str(tmp_path / 'out')!r}), training_dataset='toy')\n",
+        encoding="utf-8",
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["report"]
+    assert (tmp_path / "out" / "boxplots.png").stat().st_size > 0
+
+
+def test_a_drawing_whose_worker_died_is_drawn_here():
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from filterdb.reports.drawing import Drawing
+
+    died: Future = Future()
+    died.set_exception(BrokenProcessPool("killed"))
+    drawing = Drawing(died, divmod, (17, 5), {}).then(lambda pair: pair[0] * 10 + pair[1])
+    assert drawing.result() == 32

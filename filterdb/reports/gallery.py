@@ -19,6 +19,7 @@ from filterdb.errors import FilterdbError
 from filterdb.files import output_directory
 from filterdb.metrics.pca import fit_pca
 from filterdb.reports import plots
+from filterdb.reports.drawing import Drawer, Drawing
 from filterdb.warehouse.database import engine_for
 from filterdb.warehouse.read import iter_layer_filters
 
@@ -89,26 +90,50 @@ def write_gallery(
     normalisation is in the title and in :attr:`Gallery.normalisation`). ``layers`` as
     :func:`layer_weight` takes it.
     """
+    with Drawer(in_process=True) as drawer:
+        return submit_gallery(
+            drawer, model, url=url, layer=layer, out_dir=out_dir, title=title, layers=layers
+        ).result()
+
+
+def submit_gallery(
+    drawer: Drawer,
+    model: str,
+    *,
+    url: str | None = None,
+    layer: str | None = None,
+    out_dir: Path,
+    title: str | None = None,
+    layers: pl.DataFrame | None = None,
+) -> Drawing[Gallery]:
+    """:func:`write_gallery`, the layer read here and drawn by ``drawer``."""
     name, weight = layer_weight(model, layer=layer, url=url, layers=layers)
     output_directory(out_dir)
     stem = f"gallery_{_safe(model)}_{_safe(name)}"
-    drawn = plots.filter_gallery(weight, out_dir / f"{stem}.png", title=title or f"{model}: {name}")
-    return Gallery(model, name, drawn.png, drawn.svg, drawn.shown, drawn.total, drawn.normalisation)
+    path = out_dir / f"{stem}.png"
+    drawing = drawer.submit(plots.filter_gallery, weight, path, title=title or f"{model}: {name}")
+    return drawing.then(
+        lambda drawn: Gallery(
+            model, name, drawn.png, drawn.svg, drawn.shown, drawn.total, drawn.normalisation
+        )
+    )
 
 
-def write_eigen_filter_pair(
+def submit_eigen_filter_pair(
+    drawer: Drawer,
     robust_models: list[str],
     normal_models: list[str],
     *,
     url: str | None = None,
     out_dir: Path,
     layers: pl.DataFrame | None = None,
-) -> Path | None:
-    """The eigen-filters of the robust and of the normal group's first layers, side by side.
+) -> Drawing[Path] | None:
+    """The eigen-filters of the robust and of the normal group's first layers, side by side,
+    fitted here and drawn by ``drawer``.
 
     Each group's PCA is fitted on its first-layer filters (scaled non-sparse, as the
-    metrics take them). Returns the PNG (an SVG beside it), or None when a group has too
-    few filters for a PCA. ``layers`` as :func:`layer_weight` takes it.
+    metrics take them). The drawing gives the PNG (an SVG beside it); None when a group
+    has too few filters for a PCA. ``layers`` as :func:`layer_weight` takes it.
     """
     role = dict.fromkeys(robust_models, "robust") | dict.fromkeys(normal_models, "normal")
     layers = (stored_layers(url=url) if layers is None else layers).filter(
@@ -120,7 +145,7 @@ def write_eigen_filter_pair(
         pcas = {side: fit_pca(filters[side]) for side in ("robust", "normal")}
     except (KeyError, FilterdbError):
         return None
-    return plots.eigen_filter_pair(pcas, out_dir / "eigen_filters_first_layer.png")
+    return drawer.submit(plots.eigen_filter_pair, pcas, out_dir / "eigen_filters_first_layer.png")
 
 
 def _safe(name: str) -> str:

@@ -7,6 +7,7 @@ CSV and Markdown tables, PNG plots and one self-contained HTML file.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 from collections.abc import Callable
@@ -37,12 +38,17 @@ from filterdb.metrics.drift import NOISE_LEVEL, NULL_MAX_FILTERS, NULL_PERMUTATI
 from filterdb.metrics.registry import POOLED_METRICS
 from filterdb.reports import plots
 from filterdb.reports.document import Page
-from filterdb.reports.gallery import Gallery, write_eigen_filter_pair, write_gallery
+from filterdb.reports.drawing import Drawer, Drawing
+from filterdb.reports.gallery import Gallery, submit_eigen_filter_pair, submit_gallery
 from filterdb.warehouse.database import display_url, kept_open
 from filterdb.warehouse.inventory import models as stored_models
 
 # Pairs whose first layers the report draws; `filterdb gallery MODEL` draws any model.
 MAX_GALLERY_PAIRS = 6
+# From this many filters in the compared models, the figures are drawn in a second
+# process while the drift series computes: the process costs about a second of imports on
+# the other core, which the 100-model report's 7.6M filters repay several times.
+DRAW_ASIDE_FROM_FILTERS = 1_000_000
 ACCURACY_COLUMNS = ("model_name", "role", "architecture", "family", "training_dataset")
 
 
@@ -176,7 +182,6 @@ def _write_report(
     cache.compute_metrics(url=url, models=models, on_progress=on_progress, engine=engine, lake=lake)
     profile = cache.depth_profile(url=url, models=models)
     statistics = robust_vs_normal_statistics(profile, pairing)
-    drift = drift_by_depth(pairing, url=url, engine=engine, lake=lake)
     family_of = dict(forms.select("model_name", "family").iter_rows())
     found = []
     scopes = scoped_pairings(pairing, family_of)
@@ -204,46 +209,65 @@ def _write_report(
     }
     statistics.write_csv(paths["summary.csv"])
     pairing.frame().write_csv(paths["pairs.csv"])
-    drift.write_csv(paths["drift_by_depth.csv"])
     paths["findings.json"].write_text(
         json.dumps([f.to_json() for f in found], indent=2) + "\n", encoding="utf-8"
     )
     header = _Header.of(pairing, forms, form, url)
-    figures = (
-        plots.robust_vs_normal_boxplots(
+    layers = stored_layers(url=url)
+    in_drift = layers.filter(pl.col("model_name").is_in(models))["n_filters"].sum()
+    # Figures are drawn while the drift series computes, in a second process, once the
+    # series is large enough to be worth the process (see DRAW_ASIDE_FROM_FILTERS).
+    with Drawer(in_process=in_drift < DRAW_ASIDE_FROM_FILTERS) as drawer:
+        boxplots = drawer.submit(
+            plots.robust_vs_normal_boxplots,
             role_values(profile, pairing),
             statistics,
             paths["boxplots.png"],
             metrics=POOLED_METRICS,
             title=header.groups,
-        ),
-        plots.drift_by_depth_plot(
-            drift, paths["drift_by_depth.png"], weights_form=form, title=header.groups
-        ),
-    )
-    per_scope = [
-        _scope_figures(
-            scope,
-            scoped,
-            statistics=scope_statistics[scope],
-            profile=profile,
+        )
+        gallery_drawings = _galleries(
+            pairing, url=url, out_dir=out_dir, layers=layers, drawer=drawer
+        )
+        eigen_drawing = submit_eigen_filter_pair(
+            drawer,
+            list(pairing.robust_models),
+            list(pairing.normal_models),
             url=url,
             out_dir=out_dir,
-            form=form,
-            same_as_all=scoped.pairs == pairing.pairs,
+            layers=layers,
         )
-        for scope, scoped in scopes
-        if scope != "all"
-    ]
-    layers = stored_layers(url=url)
-    galleries = _galleries(pairing, url=url, out_dir=out_dir, layers=layers)
-    eigen = write_eigen_filter_pair(
-        list(pairing.robust_models),
-        list(pairing.normal_models),
-        url=url,
-        out_dir=out_dir,
-        layers=layers,
-    )
+        drift = drift_by_depth(pairing, url=url, engine=engine, lake=lake)
+        drift.write_csv(paths["drift_by_depth.csv"])
+        drift_plot = drawer.submit(
+            plots.drift_by_depth_plot,
+            drift,
+            paths["drift_by_depth.png"],
+            weights_form=form,
+            title=header.groups,
+        )
+        scope_drawings = [
+            _scope_figures(
+                scope,
+                scoped,
+                statistics=scope_statistics[scope],
+                profile=profile,
+                url=url,
+                out_dir=out_dir,
+                form=form,
+                same_as_all=scoped.pairs == pairing.pairs,
+                drawer=drawer,
+            )
+            for scope, scoped in scopes
+            if scope != "all"
+        ]
+        figures = (boxplots.result(), drift_plot.result())
+        galleries = [drawing.result() for drawing in gallery_drawings]
+        eigen = eigen_drawing.result() if eigen_drawing else None
+        per_scope = [
+            dataclasses.replace(scope, figures=tuple(d.result() for d in drawings))
+            for scope, drawings in scope_drawings
+        ]
     document = _Document(
         header=header,
         pairing=pairing,
@@ -311,46 +335,56 @@ def _scope_figures(
     out_dir: Path,
     form: str,
     same_as_all: bool,
-) -> ScopeFigures:
+    drawer: Drawer,
+) -> tuple[ScopeFigures, list[Drawing[Path]]]:
+    """The scope's drift series, computed here, and its figures, handed to ``drawer``;
+    the ScopeFigures' ``figures`` are filled in from the drawings."""
     if same_as_all:
         # The drift series is the report's most expensive part: not twice for one set.
-        return ScopeFigures(scope, pairing, statistics, None, (), True)
+        return ScopeFigures(scope, pairing, statistics, None, (), True), []
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in scope.replace("=", "-"))
     title = (
         f"{len(pairing.robust_models)} robust vs {len(pairing.normal_models)} normal models "
         f"({scope})"
     )
-    drift = drift_by_depth(pairing, url=url)
-    figures = (
-        plots.robust_vs_normal_boxplots(
+    drawings = [
+        drawer.submit(
+            plots.robust_vs_normal_boxplots,
             role_values(profile, pairing),
             statistics,
             out_dir / f"boxplots_{stem}.png",
             metrics=POOLED_METRICS,
             title=title,
-        ),
-        plots.drift_by_depth_plot(
-            drift, out_dir / f"drift_by_depth_{stem}.png", weights_form=form, title=title
-        ),
+        )
+    ]
+    drift = drift_by_depth(pairing, url=url)
+    drawings.append(
+        drawer.submit(
+            plots.drift_by_depth_plot,
+            drift,
+            out_dir / f"drift_by_depth_{stem}.png",
+            weights_form=form,
+            title=title,
+        )
     )
-    return ScopeFigures(scope, pairing, statistics, drift, figures, False)
+    return ScopeFigures(scope, pairing, statistics, drift, (), False), drawings
 
 
 def _galleries(
-    pairing: Pairing, *, url: str | None, out_dir: Path, layers: pl.DataFrame
-) -> list[Gallery]:
+    pairing: Pairing, *, url: str | None, out_dir: Path, layers: pl.DataFrame, drawer: Drawer
+) -> list[Drawing[Gallery]]:
     """The first layer of each of the first robust models and of its first normal twin."""
     twins = {}
     for pair in pairing.pairs:
         twins.setdefault(pair.robust, pair.normal)
-    drawn: dict[str, Gallery] = {}
+    drawn: dict[str, Drawing[Gallery]] = {}
     out = []
     for robust in list(twins)[:MAX_GALLERY_PAIRS]:
         for model, role in ((robust, "robust"), (twins[robust], "normal")):
             if model not in drawn:
                 title = f"{role}: {model}, first layer"
-                drawn[model] = write_gallery(
-                    model, url=url, out_dir=out_dir, title=title, layers=layers
+                drawn[model] = submit_gallery(
+                    drawer, model, url=url, out_dir=out_dir, title=title, layers=layers
                 )
             out.append(drawn[model])
     return out

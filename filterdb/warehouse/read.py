@@ -30,6 +30,9 @@ _SELECT = f"SELECT layer_id, filter_index, {', '.join(WEIGHT_COLUMNS)} FROM filt
 # stays bounded by the batch (4M filters = 144 MB of rows) or the largest layer.
 BATCH_FILTERS = 4_000_000
 
+# Above this many ranges of consecutive layer ids, a batch is asked for as an IN list.
+MAX_RANGES = 64
+
 # One row of binary COPY output: a 16-bit field count, then per field a 32-bit length and
 # the big-endian value (layer_id and filter_index int4, then nine float4).
 _COPY_ROW = np.dtype(
@@ -123,16 +126,24 @@ def _fetch_batch(
 
 
 def _layer_condition(layer_ids: list[int]) -> str:
-    """SQL true for the rows of ``layer_ids``: ranges of consecutive ids (a model's layers
-    are one range), so the rows come back in storage order. DuckDB ran an IN list of 900
-    ids as a join that interleaved the rows, and sorting them back cost 0.4 s per batch
-    of 4M filters (a 100-model report, bench/report.py)."""
+    """SQL selecting the rows of ``layer_ids`` in storage order (by layer, then filter).
+
+    A model's layers have consecutive ids, so a batch of whole models is a few ranges:
+    asked for as ranges, the rows come back in storage order, where DuckDB ran an IN list
+    of 900 ids as a join that interleaved them (sorting them back cost 0.4 s per batch of
+    4M filters, bench/report.py). Each range is one more comparison per scanned row,
+    though: 100 scattered first layers took 0.34 s as ranges and 0.10 s as an IN list
+    sorted by the database, which is how a batch of more than :data:`MAX_RANGES` goes.
+    """
     ranges: list[list[int]] = []
     for layer_id in sorted(set(layer_ids)):
         if ranges and ranges[-1][1] == layer_id - 1:
             ranges[-1][1] = layer_id
         else:
             ranges.append([layer_id, layer_id])
+    if len(ranges) > MAX_RANGES:
+        listed = ", ".join(str(layer_id) for layer_id in sorted(set(layer_ids)))
+        return f"layer_id IN ({listed}) ORDER BY layer_id, filter_index"
     return " OR ".join(
         f"layer_id = {low}" if low == high else f"layer_id BETWEEN {low} AND {high}"
         for low, high in ranges
