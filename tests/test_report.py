@@ -1066,3 +1066,20 @@ def test_a_drawing_whose_worker_died_is_drawn_here():
     died.set_exception(BrokenProcessPool("killed"))
     drawing = Drawing(died, divmod, (17, 5), {}).then(lambda pair: pair[0] * 10 + pair[1])
     assert drawing.result() == 32
+
+
+def test_the_worker_draws_and_what_it_has_not_started_is_drawn_here():
+    import time
+
+    from filterdb.reports.drawing import Drawer
+
+    with Drawer(in_process=False) as drawer:
+        first = drawer.submit(os.getpid)  # handed to the worker at once: drawn there
+        slow = drawer.submit(time.sleep, 2)
+        later = [drawer.submit(os.getpid) for _ in range(3)]
+        drawer.finish()
+        assert first.result() != os.getpid()
+        assert later[-1].result() == os.getpid()  # the worker was busy: drawn here
+        assert slow.result() is None
+    with Drawer(in_process=True) as drawer:
+        assert drawer.submit(os.getpid).result() == os.getpid()

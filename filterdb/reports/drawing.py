@@ -13,14 +13,12 @@ caller reads what a figure shows and passes it.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import multiprocessing
 import sys
 import types
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -28,46 +26,53 @@ T = TypeVar("T")
 U = TypeVar("U")
 
 
-@dataclass(frozen=True)
 class Drawing(Generic[T]):
     """A figure handed to a :class:`Drawer`; :meth:`result` waits for it."""
 
-    future: Future
-    function: Callable[..., Any]
-    args: tuple
-    kwargs: dict
-    finish: Callable[[Any], T] | None = None
-
-    def then(self, finish: Callable[[T], U]) -> Drawing[U]:
-        """This drawing, its result passed through ``finish`` (here, when it is ready)."""
-        before = self.finish
-        return dataclasses.replace(
-            self, finish=finish if before is None else lambda value: finish(before(value))
-        )
+    def __init__(self, future: Future, function: Callable[..., T], args: tuple, kwargs: dict):
+        self._future = future
+        self._call = (function, args, kwargs)
 
     def result(self) -> T:
-        """What the drawing function returned (through :meth:`then`'s functions); its
-        error, raised here.
+        """What the drawing function returned; its error, raised here.
 
-        A worker process that died (killed, out of memory) leaves the figure undrawn: it is
-        drawn here instead.
+        A figure the worker has not started yet is drawn here, now; one whose worker died
+        (killed, out of memory) too.
         """
+        if self._future.cancel():
+            self._future = _run_here(*self._call)
         try:
-            value = self.future.result()
+            return self._future.result()
         except BrokenProcessPool:
-            value = self.function(*self.args, **self.kwargs)
-        return value if self.finish is None else self.finish(value)
+            function, args, kwargs = self._call
+            return function(*args, **kwargs)
+
+    def then(self, finish: Callable[[T], U]) -> Finished[T, U]:
+        """This drawing, its result passed through ``finish`` when it is asked for."""
+        return Finished(self, finish)
+
+
+class Finished(Generic[T, U]):
+    """A :class:`Drawing` whose result goes through a function (:meth:`Drawing.then`)."""
+
+    def __init__(self, drawing: Drawing[T], finish: Callable[[T], U]):
+        self._drawing, self._finish = drawing, finish
+
+    def result(self) -> U:
+        """The drawing's result, finished."""
+        return self._finish(self._drawing.result())
 
 
 class Drawer:
     """Runs figure functions here (``in_process``), or in one worker process, in order.
 
-    Use as a context manager: leaving it waits for the worker and stops it. The functions
+    Use as a context manager: leaving it stops the worker once it is done. The functions
     and their arguments must be picklable (module-level functions, plain data).
     """
 
     def __init__(self, *, in_process: bool) -> None:
         self._pool = None
+        self._drawings: list[Drawing] = []
         if not in_process:
             self._pool = ProcessPoolExecutor(
                 max_workers=1,
@@ -77,19 +82,23 @@ class Drawer:
                 initializer=_import_plots,
             )
             with _main_module_hidden():
-                self._pool.submit(int)  # starts the worker now: its imports overlap our reads
+                self._pool.submit(int)  # starts the worker now: its imports overlap our work
 
     def submit(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> Drawing[T]:
         """Draw ``function(*args, **kwargs)``: now when in process, else in the worker."""
+        future = None
         if self._pool is not None:
             with contextlib.suppress(BrokenProcessPool):  # a dead worker: draw here instead
-                return Drawing(self._pool.submit(function, *args, **kwargs), function, args, kwargs)
-        future: Future = Future()
-        try:
-            future.set_result(function(*args, **kwargs))
-        except Exception as error:  # raised by Drawing.result, as from a worker
-            future.set_exception(error)
-        return Drawing(future, function, args, kwargs)
+                future = self._pool.submit(function, *args, **kwargs)
+        drawing = Drawing(future or _run_here(function, args, kwargs), function, args, kwargs)
+        self._drawings.append(drawing)
+        return drawing
+
+    def finish(self) -> None:
+        """Wait for every figure, the latest first: those the worker has not started are
+        drawn here meanwhile, so both processes draw until the last one is done."""
+        for drawing in reversed(self._drawings):
+            drawing.result()
 
     def __enter__(self) -> Drawer:
         return self
@@ -101,8 +110,18 @@ class Drawer:
         traceback: TracebackType | None,
     ) -> None:
         if self._pool is not None:
-            # On an error nothing more is drawn; otherwise every figure is finished.
-            self._pool.shutdown(wait=True, cancel_futures=error is not None)
+            # The worker exits once its current figure is done; nothing more is drawn
+            # after an error. Not waited for: the interpreter joins it at exit.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _run_here(function: Callable[..., T], args: tuple, kwargs: dict) -> Future:
+    future: Future = Future()
+    try:
+        future.set_result(function(*args, **kwargs))
+    except Exception as error:  # raised by Drawing.result, as from a worker
+        future.set_exception(error)
+    return future
 
 
 @contextlib.contextmanager

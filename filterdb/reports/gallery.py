@@ -19,7 +19,7 @@ from filterdb.errors import FilterdbError
 from filterdb.files import output_directory
 from filterdb.metrics.pca import fit_pca
 from filterdb.reports import plots
-from filterdb.reports.drawing import Drawer, Drawing
+from filterdb.reports.drawing import Drawer, Drawing, Finished
 from filterdb.warehouse.database import engine_for
 from filterdb.warehouse.read import iter_layer_filters
 
@@ -105,7 +105,7 @@ def submit_gallery(
     out_dir: Path,
     title: str | None = None,
     layers: pl.DataFrame | None = None,
-) -> Drawing[Gallery]:
+) -> Finished[plots.DrawnGallery, Gallery]:
     """:func:`write_gallery`, the layer read here and drawn by ``drawer``."""
     name, weight = layer_weight(model, layer=layer, url=url, layers=layers)
     output_directory(out_dir)

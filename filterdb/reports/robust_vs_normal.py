@@ -38,7 +38,7 @@ from filterdb.metrics.drift import NOISE_LEVEL, NULL_MAX_FILTERS, NULL_PERMUTATI
 from filterdb.metrics.registry import POOLED_METRICS
 from filterdb.reports import plots
 from filterdb.reports.document import Page
-from filterdb.reports.drawing import Drawer, Drawing
+from filterdb.reports.drawing import Drawer, Drawing, Finished
 from filterdb.reports.gallery import Gallery, submit_eigen_filter_pair, submit_gallery
 from filterdb.warehouse.database import display_url, kept_open
 from filterdb.warehouse.inventory import models as stored_models
@@ -179,45 +179,48 @@ def _write_report(
         mixed_forms=mixed_forms,
         what="the robust/normal pairs",
     )
-    cache.compute_metrics(url=url, models=models, on_progress=on_progress, engine=engine, lake=lake)
-    profile = cache.depth_profile(url=url, models=models)
-    statistics = robust_vs_normal_statistics(profile, pairing)
-    family_of = dict(forms.select("model_name", "family").iter_rows())
-    found = []
-    scopes = scoped_pairings(pairing, family_of)
-    scope_statistics = {}
-    for scope, scoped in scopes:
-        # A scope of every pair (one training dataset, say) has the report's statistics.
-        same = scoped.pairs == pairing.pairs
-        of_scope = statistics if same else robust_vs_normal_statistics(profile, scoped)
-        scope_statistics[scope] = of_scope
-        found += findings(of_scope, scope=scope)
-
-    output_directory(out_dir)
-    paths = {
-        name: out_dir / name
-        for name in (
-            "summary.csv",
-            "summary.md",
-            "pairs.csv",
-            "drift_by_depth.csv",
-            "findings.json",
-            "boxplots.png",
-            "drift_by_depth.png",
-            "report.html",
-        )
-    }
-    statistics.write_csv(paths["summary.csv"])
-    pairing.frame().write_csv(paths["pairs.csv"])
-    paths["findings.json"].write_text(
-        json.dumps([f.to_json() for f in found], indent=2) + "\n", encoding="utf-8"
-    )
-    header = _Header.of(pairing, forms, form, url)
     layers = stored_layers(url=url)
     in_drift = layers.filter(pl.col("model_name").is_in(models))["n_filters"].sum()
-    # Figures are drawn while the drift series computes, in a second process, once the
-    # series is large enough to be worth the process (see DRAW_ASIDE_FROM_FILTERS).
+    # Figures are drawn in a second process while this one computes, once the drift series
+    # is large enough to be worth the process (see DRAW_ASIDE_FROM_FILTERS); started first,
+    # so that its imports overlap the metrics and the statistics.
     with Drawer(in_process=in_drift < DRAW_ASIDE_FROM_FILTERS) as drawer:
+        cache.compute_metrics(
+            url=url, models=models, on_progress=on_progress, engine=engine, lake=lake
+        )
+        profile = cache.depth_profile(url=url, models=models)
+        statistics = robust_vs_normal_statistics(profile, pairing)
+        family_of = dict(forms.select("model_name", "family").iter_rows())
+        found = []
+        scopes = scoped_pairings(pairing, family_of)
+        scope_statistics = {}
+        for scope, scoped in scopes:
+            # A scope of every pair (one training dataset, say) has the report's statistics.
+            same = scoped.pairs == pairing.pairs
+            of_scope = statistics if same else robust_vs_normal_statistics(profile, scoped)
+            scope_statistics[scope] = of_scope
+            found += findings(of_scope, scope=scope)
+
+        output_directory(out_dir)
+        paths = {
+            name: out_dir / name
+            for name in (
+                "summary.csv",
+                "summary.md",
+                "pairs.csv",
+                "drift_by_depth.csv",
+                "findings.json",
+                "boxplots.png",
+                "drift_by_depth.png",
+                "report.html",
+            )
+        }
+        statistics.write_csv(paths["summary.csv"])
+        pairing.frame().write_csv(paths["pairs.csv"])
+        paths["findings.json"].write_text(
+            json.dumps([f.to_json() for f in found], indent=2) + "\n", encoding="utf-8"
+        )
+        header = _Header.of(pairing, forms, form, url)
         boxplots = drawer.submit(
             plots.robust_vs_normal_boxplots,
             role_values(profile, pairing),
@@ -261,6 +264,7 @@ def _write_report(
             for scope, scoped in scopes
             if scope != "all"
         ]
+        drawer.finish()  # both processes draw until the last figure is done
         figures = (boxplots.result(), drift_plot.result())
         galleries = [drawing.result() for drawing in gallery_drawings]
         eigen = eigen_drawing.result() if eigen_drawing else None
@@ -268,44 +272,44 @@ def _write_report(
             dataclasses.replace(scope, figures=tuple(d.result() for d in drawings))
             for scope, drawings in scope_drawings
         ]
-    document = _Document(
-        header=header,
-        pairing=pairing,
-        statistics=statistics,
-        summary=summarise(statistics),
-        drift=drift,
-        findings=findings_frame(found),
-        accuracy=_accuracy(pairing, forms),
-        figures=figures,
-        galleries=tuple(galleries),
-        eigen=eigen,
-        scopes=tuple(per_scope),
-    )
-    paths["summary.md"].write_text(document.markdown(), encoding="utf-8")
-    paths["report.html"].write_text(document.html(), encoding="utf-8")
-    scope_images = [path for figure in per_scope for path in figure.figures]
-    images = tuple(
-        dict.fromkeys(
-            (*figures, *scope_images, *(g.png for g in galleries), *([eigen] if eigen else []))
+        document = _Document(
+            header=header,
+            pairing=pairing,
+            statistics=statistics,
+            summary=summarise(statistics),
+            drift=drift,
+            findings=findings_frame(found),
+            accuracy=_accuracy(pairing, forms),
+            figures=figures,
+            galleries=tuple(galleries),
+            eigen=eigen,
+            scopes=tuple(per_scope),
         )
-    )
-    return ReportResult(
-        html=paths["report.html"],
-        summary_csv=paths["summary.csv"],
-        summary_md=paths["summary.md"],
-        pairs_csv=paths["pairs.csv"],
-        drift_csv=paths["drift_by_depth.csv"],
-        plots=images,
-        pairing=pairing,
-        statistics=statistics,
-        drift=drift,
-        summary=document.summary,
-        weights_form=form,
-        findings=tuple(found),
-        findings_json=paths["findings.json"],
-        galleries=tuple(galleries),
-        scopes=tuple(per_scope),
-    )
+        paths["summary.md"].write_text(document.markdown(), encoding="utf-8")
+        paths["report.html"].write_text(document.html(), encoding="utf-8")
+        scope_images = [path for figure in per_scope for path in figure.figures]
+        images = tuple(
+            dict.fromkeys(
+                (*figures, *scope_images, *(g.png for g in galleries), *([eigen] if eigen else []))
+            )
+        )
+        return ReportResult(
+            html=paths["report.html"],
+            summary_csv=paths["summary.csv"],
+            summary_md=paths["summary.md"],
+            pairs_csv=paths["pairs.csv"],
+            drift_csv=paths["drift_by_depth.csv"],
+            plots=images,
+            pairing=pairing,
+            statistics=statistics,
+            drift=drift,
+            summary=document.summary,
+            weights_form=form,
+            findings=tuple(found),
+            findings_json=paths["findings.json"],
+            galleries=tuple(galleries),
+            scopes=tuple(per_scope),
+        )
 
 
 @dataclass(frozen=True)
@@ -372,12 +376,12 @@ def _scope_figures(
 
 def _galleries(
     pairing: Pairing, *, url: str | None, out_dir: Path, layers: pl.DataFrame, drawer: Drawer
-) -> list[Drawing[Gallery]]:
+) -> list[Finished[plots.DrawnGallery, Gallery]]:
     """The first layer of each of the first robust models and of its first normal twin."""
     twins = {}
     for pair in pairing.pairs:
         twins.setdefault(pair.robust, pair.normal)
-    drawn: dict[str, Drawing[Gallery]] = {}
+    drawn: dict[str, Finished[plots.DrawnGallery, Gallery]] = {}
     out = []
     for robust in list(twins)[:MAX_GALLERY_PAIRS]:
         for model, role in ((robust, "robust"), (twins[robust], "normal")):
