@@ -99,3 +99,30 @@ def test_the_probe_sees_a_heavy_import(small_db, tmp_path):
         ["--db", small_db, "ingest", "checkpoint", str(tmp_path / "absent.pt")], tmp_path
     )
     assert "torch" in imported
+
+
+def test_a_report_of_cached_models_never_imports_torch(tmp_path):
+    # The metrics are cached, so the report has nothing for torch to do (2 s of import).
+    import torch
+
+    from filterdb.ingest.pipeline import ingest
+    from filterdb.ingest.sources.checkpoint import checkpoint_candidate
+    from filterdb.metrics.cache import compute_metrics
+    from filterdb.warehouse.records import TrainingInfo
+
+    url = f"duckdb:///{tmp_path / 'pair.duckdb'}"
+    migrate.upgrade(url=url)
+    torch.manual_seed(0)
+    for name, training_type in (("robust", "adversarial"), ("normal", "normal")):
+        path = tmp_path / f"{name}.pt"
+        torch.save({"a.weight": torch.randn(8, 3, 3, 3), "b.weight": torch.randn(8, 8, 3, 3)}, path)
+        training = TrainingInfo(training_type=training_type, training_dataset="toy")
+        candidate = checkpoint_candidate(path, name=name, architecture="net", training=training)
+        ingest(candidate, url=url, device="cpu")
+    compute_metrics(url=url)
+    imported, done = heavy_modules_of(
+        ["--db", url, "report", "robust-vs-normal", "--out", str(tmp_path / "report")], tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "report" / "report.html").exists()
+    assert "torch" not in imported and "matplotlib" in imported

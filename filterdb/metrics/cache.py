@@ -107,11 +107,15 @@ def compute_metrics(
             lake=lake,
             on_progress=on_progress,
         )
-    target = resolve_device(device)
+    # torch takes 2 s to import: loaded when a layer needs computing, or to refuse a device
+    # asked for by name that is not there; a report of cached models never needs it.
+    target = None if str(device) in ("auto", "cpu") else resolve_device(device)
     with engine_for(url) as engine:
         require_head(engine)
         todo = _stale(engine, models, eps=eps, recompute=recompute)
         total = todo.height
+        if total and target is None:
+            target = resolve_device(device)
         done, n_values = 0, 0
         for (model_name,), layers in todo.group_by("model_name", maintain_order=True):
             rows = []
