@@ -28,8 +28,18 @@ def stored(db_url, tmp_path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_layers(connection, shapes, *, ahead: bool = False, columns: bool = False):
+    """iter_layer_filters, or iter_layer_columns stacked back into (n, 9) arrays."""
+    if not columns:
+        yield from fetch.iter_layer_filters(connection, shapes, ahead=ahead)
+        return
+    for layer in fetch.iter_layer_columns(connection, shapes, ahead=ahead):
+        assert len(layer) == 9 and all(column.dtype == np.float32 for column in layer)
+        yield np.stack(layer, axis=1)
+
+
 def read_back(
-    url: str, *, ahead: bool = False, column_major: bool = False, order: str = "layer_id"
+    url: str, *, ahead: bool = False, columns: bool = False, order: str = "layer_id"
 ) -> dict[str, bytes]:
     """Each layer's filters as row-major bytes, the layers asked for in ``order``."""
     with engine_for(url) as engine, engine.connect() as connection:
@@ -37,10 +47,7 @@ def read_back(
             connection, f"SELECT layer_id, layer_name, n_filters FROM v_layers ORDER BY {order}"
         )
         shapes = layers.select("layer_id", "n_filters").iter_rows()
-        arrays = list(
-            fetch.iter_layer_filters(connection, shapes, ahead=ahead, column_major=column_major)
-        )
-    assert all(array.flags.f_contiguous == column_major for array in arrays if len(array) > 1)
+        arrays = list(read_layers(connection, shapes, ahead=ahead, columns=columns))
     return {
         name: np.ascontiguousarray(array).tobytes()
         for name, array in zip(layers["layer_name"], arrays, strict=True)
@@ -52,11 +59,12 @@ def read_back(
 STORAGE_ORDERS = ["random()", "layer_id, filter_index DESC"]
 
 
+@pytest.mark.parametrize("columns", [False, True])
 @pytest.mark.parametrize("ahead", [False, True])
 @pytest.mark.parametrize("batch_filters", [1, 40, fetch.BATCH_FILTERS])
 @pytest.mark.parametrize("storage_order", STORAGE_ORDERS)
 def test_filters_come_back_exactly_from_shuffled_storage(
-    db_url, stored, monkeypatch, batch_filters, ahead, storage_order
+    db_url, stored, monkeypatch, batch_filters, ahead, storage_order, columns
 ):
     with engine_for(db_url) as engine, engine.begin() as connection:
         connection.exec_driver_sql(
@@ -70,7 +78,7 @@ def test_filters_come_back_exactly_from_shuffled_storage(
         key.removesuffix(".weight"): weight.reshape(-1, 9).numpy().tobytes()
         for key, weight in stored.items()
     }
-    assert read_back(db_url, ahead=ahead) == expected
+    assert read_back(db_url, ahead=ahead, columns=columns) == expected
 
 
 def test_read_ahead_keeps_order_and_raises_the_producers_error():
@@ -117,10 +125,10 @@ def test_a_damaged_layer_is_a_one_line_database_error(db_url, stored):
 
 
 @pytest.mark.parametrize("max_ranges", [1, 64])
-@pytest.mark.parametrize("column_major", [False, True])
+@pytest.mark.parametrize("columns", [False, True])
 @pytest.mark.parametrize("order", ["layer_id DESC", "model_name DESC, layer_name"])
 def test_layers_asked_in_any_order_or_with_gaps_come_back_exactly(
-    db_url, stored, tmp_path, monkeypatch, column_major, order, max_ranges
+    db_url, stored, tmp_path, monkeypatch, columns, order, max_ranges
 ):
     monkeypatch.setattr(fetch, "MAX_RANGES", max_ranges)  # ranges, or an IN list
     # A second model's layers follow the first's; leaving out layer b of the first makes
@@ -138,7 +146,7 @@ def test_layers_asked_in_any_order_or_with_gaps_come_back_exactly(
             f"WHERE NOT (model_name = 'net' AND layer_name = 'b') ORDER BY {order}",
         )
         shapes = layers.select("layer_id", "n_filters").iter_rows()
-        arrays = list(fetch.iter_layer_filters(connection, shapes, column_major=column_major))
+        arrays = list(read_layers(connection, shapes, columns=columns))
     assert layers.height == 4
     for (model, layer), array in zip(
         layers.select("model_name", "layer_name").iter_rows(), arrays, strict=True

@@ -18,7 +18,7 @@ from filterdb.metrics.pca import N_WEIGHTS, non_sparse_mask, scale_non_sparse
 from filterdb.metrics.registry import DEFAULT_SPARSITY_EPS
 from filterdb.warehouse.database import engine_for, read_frame
 from filterdb.warehouse.migrate import require_head
-from filterdb.warehouse.read import iter_layer_filters
+from filterdb.warehouse.read import iter_layer_columns, iter_layer_filters
 from filterdb.warehouse.views import DEPTH_BIN_LABELS
 
 GROUP_KINDS = ("all", "robust", "normal", "model", "depth", "dataset", "architecture")
@@ -140,26 +140,26 @@ def scaled_union_by(
     """
     order = list(order)
     wanted = set(order)
-    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {n: [] for n in order}
+    parts: dict[str, list[tuple[tuple, np.ndarray, np.ndarray]]] = {n: [] for n in order}
     keys = group_keys(layers, column)
     with engine_for(url) as engine, engine.connect() as connection:
         shapes = layers.select("layer_id", "n_filters").iter_rows()
-        # Column-major: every step below works on one weight's contiguous column.
-        batches = iter_layer_filters(connection, shapes, ahead=True, column_major=True)
-        for key, filters, layer_max in zip(keys, batches, layers["max_abs"], strict=True):
+        # Column by column: every step below works on one weight's contiguous column.
+        batches = iter_layer_columns(connection, shapes, ahead=True)
+        for key, columns, layer_max in zip(keys, batches, layers["max_abs"], strict=True):
             if key in wanted:
-                parts[key].append((filters, *non_sparse_mask(filters, layer_max, eps=eps)))
+                parts[key].append((columns, *non_sparse_mask(columns, layer_max, eps=eps)))
     sizes = {name: sum(int(kept.sum()) for _, kept, _ in parts[name]) for name in order}
     union = np.empty((sum(sizes.values()), N_WEIGHTS), order="F")
     divisors = np.empty(len(union))
     at = 0
     for name in order:
-        for filters, kept, peaks in parts[name]:
+        for columns, kept, peaks in parts[name]:
             every = bool(kept.all())
             rows = slice(at, at + (len(kept) if every else int(kept.sum())))
             for j in range(N_WEIGHTS):  # float32 to float64: exact
-                # A 1-D mask on the contiguous column: 3x faster than filters[kept, j].
-                union[rows, j] = filters[:, j] if every else filters[:, j][kept]
+                # A 1-D mask on a contiguous column: 3x faster than filters[kept, j].
+                union[rows, j] = columns[j] if every else columns[j][kept]
             # scale_by_peak's divisor: the peak, or 1 for an all-zero filter.
             divisors[rows] = peaks if every else peaks[kept]
             at = rows.stop
