@@ -1069,16 +1069,25 @@ def test_a_drawing_whose_worker_died_is_drawn_here():
 
 
 def test_the_worker_draws_and_what_it_has_not_started_is_drawn_here():
+    import signal
     import time
 
     from filterdb.reports.drawing import Drawer
 
     with Drawer(in_process=False) as drawer:
-        first = drawer.submit(os.getpid)  # handed to the worker at once: drawn there
+
+        def taken(drawing):
+            """The drawing once the worker has it (asked for sooner, it is drawn here)."""
+            while not (drawing._future.running() or drawing._future.done()):
+                time.sleep(0.01)
+            return drawing
+
+        assert taken(drawer.submit(os.getpid)).result() != os.getpid()
+        # Ctrl-C is the parent's: the worker ignores it (else it prints a traceback).
+        assert taken(drawer.submit(signal.getsignal, signal.SIGINT)).result() == signal.SIG_IGN
         slow = drawer.submit(time.sleep, 2)
         later = [drawer.submit(os.getpid) for _ in range(3)]
         drawer.finish()
-        assert first.result() != os.getpid()
         assert later[-1].result() == os.getpid()  # the worker was busy: drawn here
         assert slow.result() is None
     with Drawer(in_process=True) as drawer:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import signal
 import sys
 import types
 from collections.abc import Callable, Iterator
@@ -79,10 +80,14 @@ class Drawer:
                 # spawn, not fork: a forked child inherits this process's DuckDB and Polars
                 # thread pools in an unknown state.
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_import_plots,
+                initializer=_prepare_worker,
             )
-            with _main_module_hidden():
-                self._pool.submit(int)  # starts the worker now: its imports overlap our work
+            try:
+                with _main_module_hidden():
+                    self._pool.submit(int)  # starts the worker now: its imports overlap ours
+            except (OSError, BrokenProcessPool):  # no process to be had: everything drawn here
+                self._pool.shutdown(wait=False)
+                self._pool = None
 
     def submit(self, function: Callable[..., T], /, *args: Any, **kwargs: Any) -> Drawing[T]:
         """Draw ``function(*args, **kwargs)``: now when in process, else in the worker."""
@@ -137,5 +142,8 @@ def _main_module_hidden() -> Iterator[None]:
         sys.modules["__main__"] = main
 
 
-def _import_plots() -> None:
+def _prepare_worker() -> None:
+    # Ctrl-C is the parent's to handle (it stops the worker): a worker of its own would
+    # print a traceback for it.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     import filterdb.reports.plots  # noqa: F401  (matplotlib's import, done once, up front)
