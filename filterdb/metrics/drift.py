@@ -413,7 +413,7 @@ def _union_distributions(
     ``union`` (a 100-model report's 7.6M filters would need 550 MB more, and computing
     them twice cost 0.65 s).
     """
-    # Each coefficient is found once and kept in place of its filter (steps 1-3).
+    # Each coefficient is found once and kept: with overwrite, in place of its filter.
     coefficients = union if overwrite else np.empty_like(union, order="F")
     basis, lo, hi = fit_pca_with_range(union, coefficients_out=coefficients)
     widths = np.diff(np.linspace(lo, hi, bins + 1))
