@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from filterdb.errors import FilterdbError
     from filterdb.ingest.manifest import ManifestRun
     from filterdb.ingest.pipeline import IngestResult, ProgressCallback
+    from filterdb.ingest.sources.base import Candidate
     from filterdb.ingest.zoo_selection import SyncResult
     from filterdb.metrics.cache import ComputeProgress, ComputeResult, IngestMetrics
     from filterdb.metrics.drift import DriftMatrix
@@ -108,7 +109,6 @@ class FilterDB:
         stores the weights as the papers' ONNX exports had them (weights form
         ``bn_folded``, default name ``<stem>+bn_folded``); it needs ``arch``.
         """
-        from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.checkpoint import checkpoint_candidate
 
         candidate = checkpoint_candidate(
@@ -119,13 +119,8 @@ class FilterDB:
             input_shape=input_shape,
             fold_batchnorm=fold_batchnorm,
         )
-        return ingest(
-            candidate,
-            url=self.url,
-            device=device,
-            force=force,
-            on_progress=on_progress,
-            metrics=_ingest_metrics(metrics, device),
+        return self._store(
+            candidate, device=device, force=force, on_progress=on_progress, metrics=metrics
         )
 
     def ingest_onnx(
@@ -139,17 +134,10 @@ class FilterDB:
         metrics: bool = False,
     ) -> IngestResult:
         """Store every 3x3 filter of an ONNX file, depth read from its graph."""
-        from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.onnx_file import onnx_candidate
 
         candidate = onnx_candidate(Path(path), name=name, training=training)
-        return ingest(
-            candidate,
-            url=self.url,
-            force=force,
-            on_progress=on_progress,
-            metrics=_ingest_metrics(metrics, "auto"),
-        )
+        return self._store(candidate, force=force, on_progress=on_progress, metrics=metrics)
 
     def ingest_robustbench(
         self,
@@ -203,17 +191,10 @@ class FilterDB:
         metrics: bool = False,
     ) -> IngestResult:
         """Store timm's pretrained weights ``NAME[.TAG]`` from the Hugging Face Hub cache."""
-        from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.timm_hub import timm_candidate
 
         candidate = timm_candidate(spec, name=name, revision=revision, training=training)
-        return ingest(
-            candidate,
-            url=self.url,
-            device=device,
-            force=force,
-            metrics=_ingest_metrics(metrics, device),
-        )
+        return self._store(candidate, device=device, force=force, metrics=metrics)
 
     def ingest_hf(
         self,
@@ -226,17 +207,10 @@ class FilterDB:
         metrics: bool = False,
     ) -> IngestResult:
         """Store a Hub model repository ``ORG/NAME[@REVISION]``'s 3x3 filters."""
-        from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.hf_hub import hf_candidate
 
         candidate = hf_candidate(spec, name=name, training=training)
-        return ingest(
-            candidate,
-            url=self.url,
-            device=device,
-            force=force,
-            metrics=_ingest_metrics(metrics, device),
-        )
+        return self._store(candidate, device=device, force=force, metrics=metrics)
 
     def ingest_torchvision(
         self,
@@ -250,15 +224,29 @@ class FilterDB:
         metrics: bool = False,
     ) -> IngestResult:
         """Store torchvision's pretrained weights from the torch hub cache (``$TORCH_HOME``)."""
-        from filterdb.ingest.pipeline import ingest
         from filterdb.ingest.sources.torchvision_hub import torchvision_candidate
 
         candidate = torchvision_candidate(model, weights=weights, name=name, training=training)
+        return self._store(candidate, device=device, force=force, metrics=metrics)
+
+    def _store(
+        self,
+        candidate: Candidate,
+        *,
+        device: str = "auto",
+        force: bool = False,
+        on_progress: ProgressCallback | None = None,
+        metrics: bool = False,
+    ) -> IngestResult:
+        """Ingest one candidate into this database: what the single-model methods share."""
+        from filterdb.ingest.pipeline import ingest
+
         return ingest(
             candidate,
             url=self.url,
             device=device,
             force=force,
+            on_progress=on_progress,
             metrics=_ingest_metrics(metrics, device),
         )
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from filterdb.metrics.pca import N_WEIGHTS, moments
+from filterdb.metrics.pca import N_WEIGHTS, all_finite, moments
 
 
 @dataclass(frozen=True)
@@ -77,8 +77,7 @@ def moments_of(scaled: np.ndarray, *, kept: dict[int, int] | None = None) -> Mom
         scatter=scatter,
         low=low,
         high=high,
-        # min/max carry a NaN through; an infinite weight is its own extreme.
-        finite=bool(np.isfinite(low).all() and np.isfinite(high).all()),
+        finite=all_finite(low, high),
         kept=dict(kept or {}),
     )
 

@@ -258,9 +258,7 @@ def fit_pca_with_range(
     if n < N_WEIGHTS:
         require_fittable(n, finite=True, identical=False)
     mean, scatter, low, high = moments(scaled)
-    # min/max carry a NaN through; an infinite weight is its own extreme.
-    finite = bool(np.isfinite(low).all() and np.isfinite(high).all())
-    require_fittable(n, finite=finite, identical=bool(np.all(low == high)))
+    require_fittable(n, finite=all_finite(low, high), identical=bool(np.all(low == high)))
     basis = unoriented_basis(mean, scatter, n)
     low, high = np.full(N_WEIGHTS, np.inf), np.full(N_WEIGHTS, -np.inf)
     at = 0
@@ -299,6 +297,12 @@ def moments(scaled: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         centred -= mean[:, None]
         scatter += centred @ centred.T
     return mean, scatter, low, high
+
+
+def all_finite(low: np.ndarray, high: np.ndarray) -> bool:
+    """Whether filters whose weights range over [low, high] (from :func:`moments`) are all
+    finite: min and max carry a NaN through, and an infinite weight is its own extreme."""
+    return bool(np.isfinite(low).all() and np.isfinite(high).all())
 
 
 def orient(
