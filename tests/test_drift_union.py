@@ -48,10 +48,7 @@ def test_drift_series_of_a_union_equals_the_series_of_its_groups():
     union = np.concatenate(groups)
     kept = union.copy()
     series = drift_series_of_union(union, [len(g) for g in groups], labels)
-    assert np.array_equal(bits(union), bits(kept))  # not overwritten unless asked
-    overwritten = drift_series_of_union(union, [len(g) for g in groups], labels, overwrite=True)
-    assert (overwritten.values, overwritten.nulls) == (series.values, series.nulls)
-    assert not np.array_equal(union, kept)  # the coefficients took the filters' place
+    assert np.array_equal(bits(union), bits(kept))  # only read
     assert series.values == expected.values and series.skipped == expected.skipped == (
         "(0.0, 0.1]",
     )

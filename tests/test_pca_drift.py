@@ -361,3 +361,86 @@ def test_coefficients_are_the_bits_of_a_plain_sum_in_any_chunk():
     # Every product -0.0: the plain sum starts at +0.0, so the coefficient is +0.0.
     negative = type(basis)(**{**vars(basis), "mean": np.zeros(9), "components": -np.ones((9, 9))})
     assert not np.signbit(negative.coefficients(np.zeros((3, 9)))).any()
+
+
+def numpy_histograms(coefficients: np.ndarray, lo: float, hi: float, bins: int = 70) -> np.ndarray:
+    """SPEC step 4 as written: numpy.histogram of each coefficient column on [lo, hi]."""
+    return np.array(
+        [np.histogram(coefficients[:, k], bins=bins, range=(lo, hi))[0] for k in range(9)]
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(9, 250),
+    scale=st.sampled_from([1e-3, 1.0, 1e3]),
+    on_a_grid=st.booleans(),
+    span=st.sampled_from(["own", "wider", "narrower"]),
+)
+def test_extremes_and_counts_are_those_of_the_exact_coefficients(seed, n, scale, on_a_grid, span):
+    rng = np.random.default_rng(seed)
+    filters = rng.standard_normal((n, 9)) * scale
+    if on_a_grid:  # ties, zeros and repeated filters
+        filters = np.round(filters / scale * 2) / 2 * scale
+    try:
+        basis = fit_pca(filters)
+    except NoPCA:
+        assume(False)
+    exact = np.array(plain_coefficients(filters, basis.mean, basis.components))
+    low, high = basis.coefficient_extremes(filters)
+    np.testing.assert_array_equal(low.view(np.int64), exact.min(axis=0).view(np.int64))
+    np.testing.assert_array_equal(high.view(np.int64), exact.max(axis=0).view(np.int64))
+    lo, hi = float(exact.min()), float(exact.max())
+    if span != "own":  # a range that holds more, or leaves values out (numpy drops them)
+        lo, hi = (lo - 0.3 * (hi - lo), hi + 0.1) if span == "wider" else (lo / 2, hi / 3)
+    counts = basis.coefficient_counts(filters, lo=lo, hi=hi, bins=70)
+    np.testing.assert_array_equal(counts, numpy_histograms(exact, lo, hi))
+
+
+def test_counts_of_coefficients_on_and_one_ulp_beside_the_bin_edges():
+    # The approximation and the exact sum differ in the last bits: at an edge they would
+    # fall in different bins, so those rows must be counted from their exact values.
+    rng = np.random.default_rng(11)
+    basis = fit_pca(rng.standard_normal((500, 9)))
+    lo, hi = -2.0, 3.0
+    edges = np.linspace(lo, hi, 71)
+    targets = rng.choice(edges[1:-1], size=(20_000, 9))
+    targets += rng.integers(-1, 2, size=targets.shape) * np.spacing(targets)
+    filters = basis.mean + targets @ basis.components
+    exact = basis.coefficients(filters)
+    # The rows do sit at the edges: the test is about them.
+    assert np.mean(np.min(np.abs(exact[..., None] - edges), axis=-1) < 1e-14) > 0.99
+    counts = basis.coefficient_counts(filters, lo=lo, hi=hi, bins=70)
+    np.testing.assert_array_equal(counts, numpy_histograms(exact, lo, hi))
+    low, high = basis.coefficient_extremes(filters)  # 3 chunks, ties between them
+    np.testing.assert_array_equal(low, exact.min(axis=0))
+    np.testing.assert_array_equal(high, exact.max(axis=0))
+
+
+def test_counts_in_a_range_too_narrow_for_its_magnitude_are_exact():
+    rng = np.random.default_rng(12)
+    filters = 1e6 + rng.standard_normal((400, 9)) * 1e-6
+    basis = fit_pca(filters)
+    exact = basis.coefficients(filters)
+    lo, hi = float(exact.min()), float(exact.max())
+    counts = basis.coefficient_counts(filters, lo=lo, hi=hi, bins=70)
+    np.testing.assert_array_equal(counts, numpy_histograms(exact, lo, hi))
+    assert counts.sum() == exact.size
+
+
+def test_extremes_are_exact_when_chunks_tie_within_the_rounding():
+    # One row per chunk (30 chunks) at the extreme of every component, a few ulps apart:
+    # the approximation may rank them otherwise than their exact values do.
+    rng = np.random.default_rng(13)
+    basis = fit_pca(rng.standard_normal((500, 9)))
+    chunks, rows = 30, 8192
+    targets = rng.uniform(-1, 1, size=(chunks * rows, 9))
+    for extreme in (-1.5, 1.5):
+        at = np.arange(chunks) * rows + rng.integers(0, rows, chunks)
+        targets[at] = extreme + rng.integers(-4, 5, size=(chunks, 9)) * np.spacing(1.5)
+    filters = basis.mean + targets @ basis.components
+    exact = basis.coefficients(filters)
+    low, high = basis.coefficient_extremes(filters)
+    np.testing.assert_array_equal(low, exact.min(axis=0))
+    np.testing.assert_array_equal(high, exact.max(axis=0))

@@ -349,9 +349,7 @@ def drift_by_depth(
             # One array for the whole series, filled once: the union of every group.
             order = [n for label in labels for n in names[label]]
             union, sizes = scaled_union_by(layers, "group", order, url=url)
-            series = drift_series_of_union(
-                union, [sizes[n] for n in order], labels, seed=seed, overwrite=True
-            )
+            series = drift_series_of_union(union, [sizes[n] for n in order], labels, seed=seed)
         else:
             from filterdb.metrics.dask_groups import drift_series_on_engine
 

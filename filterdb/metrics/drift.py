@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from filterdb.metrics.partials import histogram_counts
 from filterdb.metrics.pca import N_WEIGHTS, PCAResult, as_filters, fit_pca_with_range
 
 BINS = 70
@@ -190,7 +189,6 @@ def drift_matrix(
         bins=bins,
         pairs=pairs if n_permutations else {},
         n_permutations=n_permutations,
-        overwrite=True,  # the union is this function's own copy
     )
     matrix = np.zeros((len(kept), len(kept)))
     for i, j in pairs:
@@ -250,7 +248,6 @@ def drift_series(
         bins=bins,
         n_permutations=n_permutations,
         seed=seed,
-        overwrite=True,  # the concatenation is this function's own
     )
 
 
@@ -262,15 +259,13 @@ def drift_series_of_union(
     bins: int = BINS,
     n_permutations: int = NULL_PERMUTATIONS,
     seed: int = NULL_SEED,
-    overwrite: bool = False,
 ) -> DriftSeries:
     """:func:`drift_series` of groups already pooled into one array, without copying it.
 
     ``union`` (n, 9) holds label 0's first group, then its second, then label 1's first...;
     ``sizes`` gives those 2 * len(labels) group sizes in that order. The result is the
-    same as :func:`drift_series` of the groups sliced out of ``union``. With
-    ``overwrite`` the filters' coefficients replace them in ``union`` (a float64 one),
-    which saves an array of its size.
+    same as :func:`drift_series` of the groups sliced out of ``union``, which is only
+    read.
     """
     union = as_filters(union)
     if len(sizes) != 2 * len(labels) or sum(sizes) != len(union):
@@ -289,7 +284,6 @@ def drift_series_of_union(
         bins=bins,
         pairs=pairs if n_permutations else {},
         n_permutations=n_permutations,
-        overwrite=overwrite,
     )
     values = {
         label: _symmetric_kl(distributions[a], distributions[b], basis.ratio)
@@ -402,25 +396,23 @@ def _union_distributions(
     bins: int,
     pairs: Mapping[object, tuple[int, int, object]],
     n_permutations: int,
-    overwrite: bool,
 ) -> tuple[PCAResult, float, float, list[np.ndarray | None], dict[object, DriftNull]]:
     """Steps 1-5 on ``union``, groups of ``sizes`` one after another: basis, range, per
     group p_{g,k} (9, bins) (``None`` for an empty group), and the null of each pair of
     ``pairs`` (key to group a, group b and the null's seed), taken at the rows it draws
     (:func:`null_draws`).
 
-    The coefficients are computed once; with ``overwrite`` they replace the filters in
-    ``union`` (a 100-model report's 7.6M filters would need 550 MB more, and computing
-    them twice cost 0.65 s).
+    The coefficients are not kept: each group's counts come from
+    :meth:`PCAResult.coefficient_counts`, and a null's drawn rows are projected exactly
+    (an (n, 9) array of the coefficients of a 100-model report's 7.6M filters would be
+    550 MB, and computing them exactly cost 0.7 s there).
     """
-    # Each coefficient is found once and kept: with overwrite, in place of its filter.
-    coefficients = union if overwrite else np.empty_like(union, order="F")
-    basis, lo, hi = fit_pca_with_range(union, coefficients_out=coefficients)
+    basis, lo, hi = fit_pca_with_range(union)
     widths = np.diff(np.linspace(lo, hi, bins + 1))
     bounds = np.cumsum([0, *sizes])
     distributions: list[np.ndarray | None] = []
     for start, stop in itertools.pairwise(bounds):
-        counts = histogram_counts(coefficients[start:stop], lo=lo, hi=hi, bins=bins)
+        counts = basis.coefficient_counts(union[start:stop], lo=lo, hi=hi, bins=bins)
         empty = stop == start
         distributions.append(
             None if empty else _distributions_from_counts(counts, stop - start, widths, bins)
@@ -428,8 +420,8 @@ def _union_distributions(
     nulls = {
         key: null_of(
             draw,
-            coefficients[bounds[draw.a] + draw.rows_a],
-            coefficients[bounds[draw.b] + draw.rows_b],
+            basis.coefficients(union[bounds[draw.a] + draw.rows_a]),
+            basis.coefficients(union[bounds[draw.b] + draw.rows_b]),
             lo=lo,
             hi=hi,
             ratios=basis.ratio,

@@ -142,14 +142,6 @@ def combine_extremes(*parts: Extremes) -> Extremes:
     )
 
 
-def histogram_counts(coefficients: np.ndarray, *, lo: float, hi: float, bins: int) -> np.ndarray:
-    """(9, bins) int64 counts of each coefficient on [lo, hi], ``numpy.histogram``'s bins."""
-    counts = np.zeros((N_WEIGHTS, bins), dtype=np.int64)
-    for k in range(N_WEIGHTS):
-        counts[k] = np.histogram(coefficients[:, k], bins=bins, range=(lo, hi))[0]
-    return counts
-
-
 def combine_counts(*parts: np.ndarray) -> np.ndarray:
     """The sum of histogram counts (exact)."""
     return np.sum(parts, axis=0)

@@ -65,19 +65,77 @@ class PCAResult:
         self._project(filters, coefficients)
         return coefficients.T
 
-    def coefficient_blocks(self, filters: np.ndarray) -> Iterator[np.ndarray]:
-        """:meth:`coefficients` block after block, as (9, m) arrays, row k on component k.
+    def coefficient_extremes(self, filters: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The smallest and largest coefficient of (n > 0, 9) finite ``filters`` on each
+        component, (9,) each: exactly ``coefficients(filters).min(axis=0)`` and ``max``.
 
-        The same bits without an (n, 9) array: a pass that only counts or bounds the
-        coefficients of millions of filters keeps one cache-sized block. Each block is
-        overwritten by the next.
+        The coefficients are approximated by a matrix product (BLAS: several times faster
+        than their exact sum) whose difference from them is bounded
+        (:meth:`_approximation_error`), and computed exactly only in the chunks whose
+        approximate extremes come within twice that bound of the overall ones: the row
+        of an exact extreme lies in one of those.
         """
         filters = as_filters(filters)
-        buffer = np.empty((N_WEIGHTS, min(len(filters), _BLOCK_ROWS)))
-        for start in range(0, len(filters), _BLOCK_ROWS):
-            block = buffer[:, : min(_BLOCK_ROWS, len(filters) - start)]
-            self._project(filters[start : start + _BLOCK_ROWS], block)
-            yield block
+        offset = -(self.components @ self.mean)
+        chunks = [
+            (block.min(axis=1), block.max(axis=1))
+            for _, block in _affine_blocks(filters, self.components, offset)
+        ]
+        lows, highs = (np.array(side) for side in zip(*chunks, strict=True))  # (chunks, 9)
+        slack = 2.0 * self._approximation_error(max(-lows.min(), highs.max()))
+        candidates = (lows <= lows.min(axis=0) + slack) | (highs >= highs.max(axis=0) - slack)
+        low, high = np.full(N_WEIGHTS, np.inf), np.full(N_WEIGHTS, -np.inf)
+        for chunk in np.flatnonzero(candidates.any(axis=1)):
+            exact = self.coefficients(filters[chunk * _CHUNK_ROWS : (chunk + 1) * _CHUNK_ROWS])
+            np.minimum(low, exact.min(axis=0), out=low)
+            np.maximum(high, exact.max(axis=0), out=high)
+        return low, high
+
+    def coefficient_counts(
+        self, filters: np.ndarray, *, lo: float, hi: float, bins: int
+    ) -> np.ndarray:
+        """(9, bins) int64 counts of each coefficient of (n, 9) finite ``filters`` in
+        ``numpy.histogram``'s bins on [lo, hi]: exactly the counts of
+        ``numpy.histogram(coefficients(filters)[:, k], bins, (lo, hi))``.
+
+        Each coefficient's bin is read off its approximation (as in
+        :meth:`coefficient_extremes`) where that lies further from every bin edge than the
+        bound on its error, so the exact coefficient is in the same bin; the rows with a
+        coefficient closer to an edge than that, or outside [lo, hi], are computed
+        exactly and counted by ``numpy.histogram`` itself.
+        """
+        filters = as_filters(filters)
+        counts = np.zeros((N_WEIGHTS, bins), dtype=np.int64)
+        scale = bins / (hi - lo)
+        # In bin units: the coefficient's error, and the rounding of numpy's edges.
+        reach = max(abs(lo), abs(hi))
+        margin = scale * (self._approximation_error(reach) + 16 * _EPS * reach) + 16 * _EPS * bins
+        if not margin < _MAX_MARGIN:  # a range too narrow for its magnitude: all exact
+            return histogram_counts(self.coefficients(filters), lo=lo, hi=hi, bins=bins)
+        # The position of each coefficient in bins from lo, as one affine map of the filter.
+        matrix = self.components * scale
+        offset = -(matrix @ self.mean) - lo * scale
+        cells = (np.arange(N_WEIGHTS) * bins)[:, None]
+        for start, position in _affine_blocks(filters, matrix, offset):
+            rows = filters[start : start + position.shape[1]]
+            if position.min() < 0.0 or position.max() >= bins:  # holds lo or hi: exact
+                counts += histogram_counts(self.coefficients(rows), lo=lo, hi=hi, bins=bins)
+                continue
+            bin_index = position.astype(np.intp)  # truncation: the floor of a position >= 0
+            # How far from the middle of its bin: near an edge when close to 1/2.
+            position -= bin_index
+            position -= 0.5
+            near = np.abs(position, out=position) > 0.5 - margin
+            doubtful = np.flatnonzero(near.any(axis=0))
+            if len(doubtful):
+                exact = self.coefficients(rows[doubtful])
+                counts += histogram_counts(exact, lo=lo, hi=hi, bins=bins)
+            bin_index += cells
+            if len(doubtful):
+                bin_index[:, doubtful] = N_WEIGHTS * bins  # a spare cell, not counted
+            tally = np.bincount(bin_index.ravel(), minlength=N_WEIGHTS * bins + 1)
+            counts += tally[: N_WEIGHTS * bins].reshape(N_WEIGHTS, bins)
+        return counts
 
     def oriented(self, signs: np.ndarray) -> PCAResult:
         """This basis with component k multiplied by ``signs[k]`` (+1 or -1); its
@@ -111,6 +169,45 @@ class PCAResult:
             for j in range(N_WEIGHTS):
                 np.multiply(weights[j], rows[j], out=step)
                 chunk += step
+
+    def _approximation_error(self, reach: float) -> float:
+        """A bound on |approximate - exact coefficient| (:func:`_affine_blocks` against
+        :meth:`coefficients`) for filters whose coefficients lie within [-reach, reach].
+
+        Each is a sum of 9 rounded products, the approximation in BLAS's order, with fused
+        multiply-adds, of the filter and the mean apart: each is within 10 ulp of
+        |f - mean|_2 + 2 |mean|_1 of the true sum (unit components; |f - mean|_2 is the
+        norm of the coefficients, at most 3 * reach). The bound is 4 times the sum of
+        both, plus an absolute term for underflow: about 1e-13 for scaled filters.
+        """
+        spread = 3.0 * reach + 2.0 * float(np.abs(self.mean).sum())
+        return 4 * 2 * 10 * _EPS * spread + 1e-300
+
+
+def _affine_blocks(
+    filters: np.ndarray, matrix: np.ndarray, offset: np.ndarray
+) -> Iterator[tuple[int, np.ndarray]]:
+    """``matrix @ f + offset`` for each filter f, chunk by chunk: (first row, (9, m)).
+
+    One BLAS product a chunk of :data:`_CHUNK_ROWS` rows into one buffer, overwritten by
+    the next chunk; rounded in BLAS's own way, so only an approximation of the exact
+    sums of :meth:`PCAResult.coefficients`.
+    """
+    buffer = np.empty((N_WEIGHTS, min(len(filters), _CHUNK_ROWS)))
+    column = offset[:, None]
+    for start in range(0, len(filters), _CHUNK_ROWS):
+        block = buffer[:, : min(_CHUNK_ROWS, len(filters) - start)]
+        np.matmul(matrix, filters[start : start + _CHUNK_ROWS].T, out=block)
+        block += column
+        yield start, block
+
+
+def histogram_counts(coefficients: np.ndarray, *, lo: float, hi: float, bins: int) -> np.ndarray:
+    """(9, bins) int64 counts of each coefficient on [lo, hi], ``numpy.histogram``'s bins."""
+    counts = np.zeros((N_WEIGHTS, bins), dtype=np.int64)
+    for k in range(N_WEIGHTS):
+        counts[k] = np.histogram(coefficients[:, k], bins=bins, range=(lo, hi))[0]
+    return counts
 
 
 def as_filters(filters: np.ndarray) -> np.ndarray:
@@ -217,9 +314,10 @@ def _as_stored_filters(filters: np.ndarray) -> np.ndarray:
 
 # 9 x 8,192 float64 coefficients and as many products: about 1.2 MB, cache-sized.
 _CHUNK_ROWS = 8_192
-# Blocks of :meth:`PCAResult.coefficient_blocks`: few enough numpy calls per block for a
-# histogram or a min to cost what its data costs.
-_BLOCK_ROWS = 8 * _CHUNK_ROWS
+_EPS = float(np.finfo(np.float64).eps)
+# Above this margin (in bins) around each bin edge, too many coefficients would need their
+# exact value: a range that narrow for its magnitude is counted exactly throughout.
+_MAX_MARGIN = 1e-3
 
 
 def fit_pca(scaled: np.ndarray) -> PCAResult:
@@ -241,17 +339,13 @@ def fit_pca(scaled: np.ndarray) -> PCAResult:
     return fit_pca_with_range(scaled)[0]
 
 
-def fit_pca_with_range(
-    scaled: np.ndarray, *, coefficients_out: np.ndarray | None = None
-) -> tuple[PCAResult, float, float]:
+def fit_pca_with_range(scaled: np.ndarray) -> tuple[PCAResult, float, float]:
     """:func:`fit_pca` and [lo, hi], the range of all nine coefficients of ``scaled`` on
-    the result (drift step 3), found in the same pass as the sign rule.
+    the result (drift step 3), from the same extremes as the sign rule.
 
-    Two passes over ``scaled`` (its moments, then its coefficients block by block) and
-    no array of its size: the 7.6M filters of a 100-model report are 550 MB each. With
-    ``coefficients_out`` (n, 9), which may be ``scaled`` itself, the coefficients on the
-    returned basis are written there as they are found (the same bits as
-    :meth:`PCAResult.coefficients`), for a caller that needs them all.
+    Two passes over ``scaled`` (its moments, then its coefficients' extremes,
+    :meth:`PCAResult.coefficient_extremes`) and no array of its size: the 7.6M filters
+    of a 100-model report are 550 MB each.
     """
     scaled = as_filters(scaled)
     n = len(scaled)
@@ -260,18 +354,7 @@ def fit_pca_with_range(
     mean, scatter, low, high = moments(scaled)
     require_fittable(n, finite=all_finite(low, high), identical=bool(np.all(low == high)))
     basis = unoriented_basis(mean, scatter, n)
-    low, high = np.full(N_WEIGHTS, np.inf), np.full(N_WEIGHTS, -np.inf)
-    at = 0
-    for block in basis.coefficient_blocks(scaled):
-        np.minimum(low, block.min(axis=1), out=low)
-        np.maximum(high, block.max(axis=1), out=high)
-        if coefficients_out is not None:  # the block's rows are read: safe to overwrite
-            coefficients_out[at : at + block.shape[1]] = block.T
-        at += block.shape[1]
-    oriented, signs, lo, hi = orient(basis, low, high)
-    if coefficients_out is not None:
-        for k in np.flatnonzero(signs < 0):
-            np.negative(coefficients_out[:, k], out=coefficients_out[:, k])  # exact
+    oriented, _, lo, hi = orient(basis, *basis.coefficient_extremes(scaled))
     return oriented, lo, hi
 
 

@@ -16,7 +16,7 @@ from filterdb import __version__
 from filterdb.lake.layout import read_layers
 from filterdb.metrics import partials
 from filterdb.metrics.layer import layer_metrics
-from filterdb.metrics.pca import N_WEIGHTS, PCAResult, scale_non_sparse
+from filterdb.metrics.pca import N_WEIGHTS, PCAResult, histogram_counts, scale_non_sparse
 from filterdb.metrics.registry import METRICS
 
 RESULT_SCHEMA = pa.schema(
@@ -152,7 +152,7 @@ def coefficient_histograms(
     for group in sorted({group for _, group, _, _ in spans}):
         mine = [coefficients[start:stop] for _, g, start, stop in spans if g == group]
         oriented = np.concatenate(mine) * signs
-        counts[group] = partials.histogram_counts(oriented, lo=lo, hi=hi, bins=bins)
+        counts[group] = histogram_counts(oriented, lo=lo, hi=hi, bins=bins)
     return counts
 
 
