@@ -16,6 +16,7 @@ from matplotlib import cbook, colormaps, rc_context
 from matplotlib.collections import LineCollection, PatchCollection
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import LogFormatter
 from matplotlib.transforms import blended_transform_factory
 
 from filterdb.metrics.drift import NOISE_LEVEL, DriftMatrix
@@ -148,6 +149,8 @@ def drift_by_depth_plot(
     )
     if np.isfinite(values).any() and np.nanmin(np.r_[values, drift["null_low"].to_numpy()]) > 0:
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_PlainLogFormatter())
+        ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))
     ax.set_xticks(x, drift["depth_bin"].to_list(), fontsize=8)
     ax.set_xlabel("depth bin")
     ax.set_ylabel("drift: weighted symmetric KL")
@@ -343,21 +346,44 @@ def filter_gallery(weight: np.ndarray, path: Path, *, title: str) -> DrawnGaller
 
 def eigen_filter_pair(pcas: dict[str, PCAResult], path: Path) -> Path:
     """The nine eigen-filters of each group (rows: robust, normal) on one symmetric scale,
-    each titled with its explained variance ratio; PNG and SVG."""
+    each titled with its explained variance ratio; PNG and SVG.
+
+    Each row is one mosaic on one axes, its 3x3 tiles a pixel apart and framed: an axes
+    per eigen-filter made the figure 0.6 s instead of 0.2 s (measured here).
+    """
     limit = max(float(np.abs(p.components).max()) for p in pcas.values())
+    cmap = colormaps["RdBu_r"].with_extremes(bad="white")
     figure = Figure(figsize=(10.0, 2.9), dpi=DPI)
-    axes = figure.subplots(len(pcas), N_WEIGHTS, squeeze=False)
-    for row, (side, pca) in zip(axes, pcas.items(), strict=True):
-        for k, axis in enumerate(row):
-            image = axis.imshow(pca.images[k], cmap="RdBu_r", vmin=-limit, vmax=limit)
-            axis.set_title(f"r{k + 1} = {pca.ratio[k]:.2f}", fontsize=7)
-            axis.set_xticks([])
-            axis.set_yticks([])
-        row[0].set_ylabel(f"{side}\n{pca.n_filters:,} filters", fontsize=8)
+    axes = figure.subplots(len(pcas), 1, squeeze=False)[:, 0]
+    for axis, (side, pca) in zip(axes, pcas.items(), strict=True):
+        mosaic = np.full((3, 4 * N_WEIGHTS - 1), np.nan)
+        for k in range(N_WEIGHTS):
+            mosaic[:, 4 * k : 4 * k + 3] = pca.images[k]
+        image = axis.imshow(mosaic, cmap=cmap, vmin=-limit, vmax=limit, interpolation="nearest")
+        frames = [Rectangle((4 * k - 0.5, -0.5), 3, 3) for k in range(N_WEIGHTS)]
+        axis.add_collection(
+            PatchCollection(frames, facecolor="none", edgecolor="black", linewidth=0.8)
+        )
+        for k in range(N_WEIGHTS):
+            axis.text(4 * k + 1, -0.7, f"r{k + 1} = {pca.ratio[k]:.2f}", ha="center", fontsize=7)
+        axis.set_xticks([])
+        axis.set_yticks([])
+        for spine in axis.spines.values():
+            spine.set_visible(False)
+        axis.set_ylabel(f"{side}\n{pca.n_filters:,} filters", fontsize=8)
     figure.suptitle("first-layer eigen-filters: robust vs normal group", fontsize=10)
-    _margins(figure, left=0.8, right=1.2, top=0.45, bottom=0.1, hspace=0.4, wspace=0.1)
+    _margins(figure, left=0.8, right=1.2, top=0.45, bottom=0.1, hspace=0.4)
     figure.colorbar(image, cax=figure.add_axes((0.905, 0.1, 0.012, 0.7)), label="weight")
     return _save(figure, path, svg=True)
+
+
+class _PlainLogFormatter(LogFormatter):
+    """Log-axis labels as plain numbers (0.01, 0.1, 1, 10) on the ticks matplotlib's own
+    formatter labels: it writes them as mathtext (10 to the -2), whose parsing took 0.4 s
+    of the drift plot's 0.7 s (measured here)."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
 
 
 def _boxes(ax, samples: list[np.ndarray], positions: list[float], *, colour: str) -> None:
