@@ -47,17 +47,26 @@ def robust_vs_normal_boxplots(
     ``values`` is long: metric, depth_bin_index, depth_bin, role (``robust``/``normal``),
     value, one row per model and bin. ``statistics`` supplies each bin's p_holm (Holm
     over the metric's bins), shown as stars above the bin. Every model is a dot beside
-    its box and each bin's tick label gives n per box (robust | normal). ``title`` names
-    the compared groups and the dataset. Writes ``path`` (PNG) and its SVG twin, and
-    returns ``path``.
+    its box and each bin's tick label gives n per box (robust | normal): under the last
+    panel only when every panel has the same n (three quarters of the figure's text, and
+    of its drawing time, went to repeating them). ``title`` names the compared groups and
+    the dataset. Writes ``path`` (PNG) and its SVG twin, and returns ``path``.
     """
     bins = values.select("depth_bin_index", "depth_bin").unique().sort("depth_bin_index")
     positions = {index: x for x, index in enumerate(bins["depth_bin_index"])}
     figure = Figure(figsize=(max(8.0, 0.9 * len(positions) + 2.0), 2.4 * len(metrics)), dpi=DPI)
     axes = figure.subplots(len(metrics), 1, squeeze=False)[:, 0]
+    n_labels = {
+        metric: [
+            f"{label}\nn {count.get((index, 'robust'), 0)} | {count.get((index, 'normal'), 0)}"
+            for index, label in bins.iter_rows()
+        ]
+        for metric in metrics
+        for count in [_counts_per_box(values.filter(pl.col("metric") == metric))]
+    }
+    same_n = len({tuple(labels) for labels in n_labels.values()}) == 1
     for ax, metric in zip(axes, metrics, strict=True):
         rows = values.filter(pl.col("metric") == metric)
-        counts: dict[int, dict[str, int]] = {}
         for role, colour, shift in SIDES:
             groups = rows.filter(pl.col("role") == role).group_by("depth_bin_index").agg("value")
             groups = groups.sort("depth_bin_index")
@@ -79,19 +88,14 @@ def robust_vs_normal_boxplots(
                 alpha=0.8,
                 rasterized=True,
             )
-            for index, sample in zip(groups["depth_bin_index"], samples, strict=True):
-                counts.setdefault(index, {})[role] = len(sample)
         ax.margins(y=0.15)  # headroom for the significance stars at the top
         ax.autoscale_view()
         _mark_significance(ax, statistics.filter(pl.col("metric") == metric), positions)
         ax.set_ylabel(metric, fontsize=8)
         # n per box in the tick label (robust | normal): one text per bin, not per box.
-        labels = [
-            f"{label}\nn {counts.get(i, {}).get('robust', 0)} | "
-            f"{counts.get(i, {}).get('normal', 0)}"
-            for i, label in bins.select("depth_bin_index", "depth_bin").iter_rows()
-        ]
-        ax.set_xticks(range(len(positions)), labels, fontsize=7)
+        ax.set_xticks(range(len(positions)), n_labels[metric], fontsize=7)
+        if same_n and ax is not axes[-1]:
+            ax.tick_params(axis="x", labelbottom=False)
         ax.set_xlim(-0.7, len(positions) - 0.3)
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(
@@ -106,9 +110,10 @@ def robust_vs_normal_boxplots(
     )
     axes[-1].set_xlabel(
         "depth bin (first layer, then deciles of conv depth); n models robust | normal"
+        + (", the same in every panel" if same_n and len(metrics) > 1 else "")
     )
     figure.suptitle(title, fontsize=10, y=1 - 0.08 / figure.get_size_inches()[1])
-    _margins(figure, left=0.9, right=0.15, top=0.75, bottom=0.75, hspace=0.6)
+    _margins(figure, left=0.9, right=0.15, top=0.75, bottom=0.75, hspace=0.35 if same_n else 0.6)
     return _save(figure, path, svg=True)
 
 
@@ -375,6 +380,12 @@ def eigen_filter_pair(pcas: dict[str, PCAResult], path: Path) -> Path:
     _margins(figure, left=0.8, right=1.2, top=0.45, bottom=0.1, hspace=0.4)
     figure.colorbar(image, cax=figure.add_axes((0.905, 0.1, 0.012, 0.7)), label="weight")
     return _save(figure, path, svg=True)
+
+
+def _counts_per_box(values: pl.DataFrame) -> dict[tuple[int, str], int]:
+    """How many values each (depth_bin_index, role) box of ``values`` holds."""
+    counts = values.group_by("depth_bin_index", "role").len()
+    return {(index, role): n for index, role, n in counts.iter_rows()}
 
 
 class _PlainLogFormatter(LogFormatter):
