@@ -107,7 +107,8 @@ class PCAResult:
         filters = as_filters(filters)
         counts = np.zeros((N_WEIGHTS, bins), dtype=np.int64)
         scale = bins / (hi - lo)
-        # In bin units: the coefficient's error, and the rounding of numpy's edges.
+        # In bin units: the coefficient's error, and the rounding of numpy's edges (a few
+        # ulp of reach off their true place) and of the position itself (of bins).
         reach = max(abs(lo), abs(hi))
         margin = scale * (self._approximation_error(reach) + 16 * _EPS * reach) + 16 * _EPS * bins
         if not margin < _MAX_MARGIN:  # a range too narrow for its magnitude: all exact
@@ -126,12 +127,11 @@ class PCAResult:
             position -= bin_index
             position -= 0.5
             near = np.abs(position, out=position) > 0.5 - margin
+            bin_index += cells
             doubtful = np.flatnonzero(near.any(axis=0))
-            if len(doubtful):
+            if len(doubtful):  # whole rows, counted from their exact coefficients
                 exact = self.coefficients(rows[doubtful])
                 counts += histogram_counts(exact, lo=lo, hi=hi, bins=bins)
-            bin_index += cells
-            if len(doubtful):
                 bin_index[:, doubtful] = N_WEIGHTS * bins  # a spare cell, not counted
             tally = np.bincount(bin_index.ravel(), minlength=N_WEIGHTS * bins + 1)
             counts += tally[: N_WEIGHTS * bins].reshape(N_WEIGHTS, bins)
@@ -174,11 +174,12 @@ class PCAResult:
         """A bound on |approximate - exact coefficient| (:func:`_affine_blocks` against
         :meth:`coefficients`) for filters whose coefficients lie within [-reach, reach].
 
-        Each is a sum of 9 rounded products, the approximation in BLAS's order, with fused
-        multiply-adds, of the filter and the mean apart: each is within 10 ulp of
-        |f - mean|_2 + 2 |mean|_1 of the true sum (unit components; |f - mean|_2 is the
-        norm of the coefficients, at most 3 * reach). The bound is 4 times the sum of
-        both, plus an absolute term for underflow: about 1e-13 for scaled filters.
+        Each is a sum of 9 rounded products (the approximation in BLAS's order, perhaps
+        with fused multiply-adds, and of the filter and the mean apart), so each differs
+        from the true value by at most about 10 ulp of |f - mean|_2 + 2 |mean|_1 (unit
+        components; |f - mean|_2 is the norm of the coefficients, at most 3 * reach). The
+        bound is 4 times the sum of both, plus an absolute term for underflow: about
+        1e-13 for scaled filters.
         """
         spread = 3.0 * reach + 2.0 * float(np.abs(self.mean).sum())
         return 4 * 2 * 10 * _EPS * spread + 1e-300
