@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
 import numpy as np
+import pyarrow as pa
 from sqlalchemy.engine import Connection
 
 from filterdb.errors import DatabaseError
@@ -155,9 +156,9 @@ class _Columns:
 
     def __getitem__(self, rows: slice | np.ndarray) -> tuple[np.ndarray, ...]:
         if isinstance(rows, slice) and not isinstance(self.columns[0], np.ndarray):
-            # An Arrow slice is a view; to_numpy copies only a layer across two chunks.
+            # An Arrow slice is a view; only a layer across two chunks is copied.
             n = rows.stop - rows.start
-            return tuple(column.slice(rows.start, n).to_numpy() for column in self.columns)
+            return tuple(arrow_numpy(column.slice(rows.start, n)) for column in self.columns)
         return tuple(column[rows] for column in self.as_numpy())
 
     def placed(self, rows: np.ndarray, index: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
@@ -172,7 +173,10 @@ class _Columns:
     def as_numpy(self) -> list[np.ndarray]:
         """The columns as numpy arrays (Arrow chunks joined once, for unordered storage)."""
         if self._numpy is None:
-            self._numpy = [np.asarray(column) for column in self.columns]
+            self._numpy = [
+                column if isinstance(column, np.ndarray) else arrow_numpy(column)
+                for column in self.columns
+            ]
         return self._numpy
 
 
@@ -213,18 +217,47 @@ def _duckdb_rows(
     rows: bench/metrics.py).
     """
     table = connection.connection.driver_connection.sql(select).to_arrow_table()
-    layer_ids = table.column("layer_id").to_numpy()
-    filter_index = table.column("filter_index").to_numpy()
+    layer_ids = arrow_numpy(table.column("layer_id"))
+    filter_index = arrow_numpy(table.column("filter_index"))
     if columns:
         return layer_ids, filter_index, _Columns([table.column(n) for n in WEIGHT_COLUMNS])
     weights = np.empty((table.num_rows, 9), dtype=np.float32)
     for position, name in enumerate(WEIGHT_COLUMNS):
         at = 0
         for chunk in table.column(name).chunks:
-            # Nulls (impossible in filterdb's own loads) would need a copy: to_numpy says so.
-            weights[at : at + len(chunk), position] = chunk.to_numpy(zero_copy_only=False)
+            weights[at : at + len(chunk), position] = arrow_numpy(chunk)
             at += len(chunk)
     return layer_ids, filter_index, _Rows(weights)
+
+
+def arrow_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """An Arrow column of numbers as numpy: a view of its buffer (a copy across chunks).
+
+    pyarrow's own ``to_numpy`` imported pandas on its first call on DuckDB's arrays
+    (0.4-0.5 s of every report's first read, pyarrow 26, measured here); a column of a
+    fixed-width type without nulls is its data buffer, read in place. Anything else
+    (nulls, impossible in filterdb's own loads) goes through ``to_numpy``.
+    """
+    if isinstance(values, pa.ChunkedArray):
+        if values.num_chunks > 1:
+            return np.concatenate([arrow_numpy(chunk) for chunk in values.chunks])
+        values = values.chunk(0) if values.num_chunks else values.combine_chunks()
+    dtype = _NUMPY_TYPES.get(values.type)
+    if dtype is None or values.null_count:
+        return values.to_numpy(zero_copy_only=False)
+    if len(values) == 0:
+        return np.empty(0, dtype)
+    return np.frombuffer(
+        values.buffers()[1], dtype=dtype, count=len(values), offset=values.offset * dtype.itemsize
+    )
+
+
+_NUMPY_TYPES = {
+    pa.int32(): np.dtype(np.int32),
+    pa.int64(): np.dtype(np.int64),
+    pa.float32(): np.dtype(np.float32),
+    pa.float64(): np.dtype(np.float64),
+}
 
 
 def _is_identity(index: np.ndarray) -> bool:
