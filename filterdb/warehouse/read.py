@@ -31,7 +31,8 @@ _SELECT = f"SELECT layer_id, filter_index, {', '.join(WEIGHT_COLUMNS)} FROM filt
 # stays bounded by the batch (4M filters = 144 MB of rows) or the largest layer.
 BATCH_FILTERS = 4_000_000
 
-# Above this many ranges of consecutive layer ids, a batch is asked for as an IN list.
+# Above this many ranges of consecutive layer ids, a batch is asked for as a semi-join on
+# the listed ids.
 MAX_RANGES = 64
 
 # One row of binary COPY output: a 16-bit field count, then per field a 32-bit length and
