@@ -183,9 +183,14 @@ def scale_by_peak(filters: ArrayT, peaks: ArrayT) -> ArrayT:
     The scaling of ``variance_entropy_scaled`` and of PCA eigen-filters (SPEC section 5);
     all-zero filters stay zero. A numpy array or a torch tensor, as :func:`is_sparse`.
     """
-    # peaks + (peaks == 0) is the peak, or 1 for an all-zero filter: bools add as 0 and 1
-    # in numpy and torch alike, where their `where` functions differ.
-    return filters / (peaks + (peaks == 0))[:, None]
+    return filters / peak_divisors(peaks)[:, None]
+
+
+def peak_divisors(peaks: ArrayT) -> ArrayT:
+    """What :func:`scale_by_peak` divides each filter by: its peak, or 1 for an all-zero
+    filter. A numpy array or a torch tensor, as :func:`is_sparse`."""
+    # Bools add as 0 and 1 in numpy and torch alike, where their `where` functions differ.
+    return peaks + (peaks == 0)
 
 
 def variance_entropy(filters: torch.Tensor) -> float | None:
